@@ -1,0 +1,34 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: venv demo test lint bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# Installs torch first (the CPU wheel that lies on disk here), then the project.
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv
+	$(BIN)/cleftgan-hpc run jobs/demo.yaml
+
+test: venv
+	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/ruff check cleftgan_hpc tests benchmarks
+
+bench: venv
+	$(BIN)/python benchmarks/bench_networks.py
+
+clean:
+	rm -rf $(VENV) store .pytest_cache .ruff_cache

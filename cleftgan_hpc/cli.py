@@ -1,0 +1,172 @@
+"""The `cleftgan-hpc` command. Every user error is printed as clear lines, never a traceback.
+
+validate and plan import neither torch nor a backend, so they are instant on a login node.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+import time
+
+from cleftgan_hpc import __version__
+from cleftgan_hpc.errors import CleftGanError, SpecError
+
+
+def _load(path: str):  # -> LoadedSpec
+    from cleftgan_hpc.spec.load import load_spec
+
+    return load_spec(path)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    loaded = _load(args.spec)
+    print(f"{args.spec}: ok ({len(loaded.spec.stages)} stages: {', '.join(loaded.spec.stages)})")
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from cleftgan_hpc.plan import format_plan, make_plan
+
+    spec = _load(args.spec).spec
+    print(format_plan(make_plan(spec, args.run or f"{spec.name}-<new>")))
+    return 0
+
+
+def _open_run(spec, run_id: str | None, *, create: bool):  # -> RunState
+    from cleftgan_hpc.runs import RunState, latest_run_id, new_run_id
+    from cleftgan_hpc.storage import open_store
+
+    store = open_store(spec.store)
+    if run_id is None and not create:
+        run_id = latest_run_id(store, spec.name)
+        if run_id is None:
+            raise CleftGanError(f"no runs of job {spec.name!r} in {spec.store.url}")
+    return RunState(store, run_id or new_run_id(spec.name))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from cleftgan_hpc.launch.base import get_launcher
+    from cleftgan_hpc.plan import make_plan
+
+    spec = _load(args.spec).spec
+    unknown = [s for s in args.force if s not in spec.stages]
+    if unknown:
+        raise CleftGanError(f"--force names unknown stage(s) {unknown}; stages are: {', '.join(spec.stages)}")
+    run = _open_run(spec, args.run, create=True)
+    resumed = run.exists()
+    run.save_spec(spec)
+    plan = make_plan(spec, run.run_id)
+    print(f"{'resuming' if resumed else 'starting'} run {run.run_id} of {spec.name} "
+          f"({len(plan.stages)} stages, {spec.backend} backend, store {spec.store.url})", flush=True)
+    t0 = time.monotonic()
+    ok = get_launcher(spec.backend).launch(plan, run, set(args.force))
+    print()
+    print(format_status(plan, run))
+    took = time.monotonic() - t0
+    if ok:
+        print(f"\nrun {run.run_id} finished in {took:.1f}s; outputs under {run.store.uri(run.prefix)}/")
+        return 0
+    print(f"\nrun {run.run_id} did not finish; fix the cause and resume with: "
+          f"cleftgan-hpc run {args.spec} --run {run.run_id}")
+    return 1
+
+
+def format_status(plan, run, extra: dict[str, str] | None = None) -> str:
+    def when(t: float | None) -> str:
+        return dt.datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S") if t else "-"
+
+    rows = [("STAGE", "KIND", "STATE", "TRY", "STARTED", "TOOK", "HOST", "DETAIL")]
+    for s in plan.stages:
+        st = run.status(s.name)
+        took = f"{st.finished - st.started:.1f}s" if st.started and st.finished else (
+            f"{time.time() - st.started:.0f}s+" if st.started and st.state == "running" else "-")
+        detail = (extra or {}).get(s.name) or (st.error or "").split("\n", 1)[0][:120]
+        rows.append((s.name, s.kind, st.state, str(st.attempt), when(st.started), took, st.host or "-", detail))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r[:-1], widths)) + "  " + r[-1] for r in rows).rstrip()
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from cleftgan_hpc.launch.base import get_launcher
+    from cleftgan_hpc.plan import make_plan
+
+    spec = _load(args.spec).spec
+    run = _open_run(spec, args.run, create=False)
+    if not run.exists():
+        raise CleftGanError(f"no run {run.run_id!r} in {spec.store.url}")
+    plan = make_plan(run.load_spec(), run.run_id)
+    print(f"run {run.run_id} ({spec.store.url})")
+    print(format_status(plan, run, get_launcher(spec.backend).describe(plan, run)))
+    states = {run.status(s.name).state for s in plan.stages}
+    return 0 if states == {"done"} else (1 if states & {"failed", "cancelled"} else 0)
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from cleftgan_hpc.spec.reference import spec_reference
+
+    print(spec_reference())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="cleftgan-hpc",
+        description="CleftGAN (StyleGAN3-t + ADA transfer learning) as batch jobs: validate, plan and run job specs.",
+    )
+    p.add_argument("--version", action="version", version=f"cleftgan-hpc {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("validate", help="check a job spec; print every problem as FILE:LINE:COL")
+    s.add_argument("spec")
+    s.set_defaults(func=cmd_validate)
+
+    s = sub.add_parser("plan", help="print the stages in order with inputs, outputs and resources")
+    s.add_argument("spec")
+    s.add_argument("--run", help="run id to resolve store keys for")
+    s.set_defaults(func=cmd_plan)
+
+    s = sub.add_parser("run", help="run a job on its backend (local: here, to completion)")
+    s.add_argument("spec")
+    s.add_argument("--run", help="run id; an existing run resumes, skipping stages that are done")
+    s.add_argument("--force", nargs="+", default=[], metavar="STAGE", help="run these stages (and what follows) again")
+    s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("status", help="print the stage table of a run (default: the latest)")
+    s.add_argument("spec")
+    s.add_argument("--run")
+    s.set_defaults(func=cmd_status)
+
+    s = sub.add_parser("schema", help="print the spec reference (every field, default and meaning)")
+    s.set_defaults(func=cmd_schema)
+
+    from cleftgan_hpc.data.commands import add_commands as add_data_commands
+    from cleftgan_hpc.model.commands import add_commands as add_model_commands
+
+    add_data_commands(sub)
+    add_model_commands(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except SpecError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        n = len(exc.problems)
+        print(f"{n} problem{'s' if n != 1 else ''} in {exc.problems[0].file}", file=sys.stderr)
+        return 2
+    except CleftGanError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

@@ -1,0 +1,1 @@
+"""Backends decide where stages run; they never change what a stage does."""

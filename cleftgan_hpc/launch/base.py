@@ -1,0 +1,39 @@
+"""The Launcher interface and the explicit registry of backends."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from cleftgan_hpc.plan import Plan
+from cleftgan_hpc.runs import RunState
+
+
+class Launcher(Protocol):
+    """Starts the stages of a plan somewhere and reports on them."""
+
+    def launch(self, plan: Plan, run: RunState, force: set[str]) -> bool:
+        """Start (local: run to completion) every stage not already done; True when all are done
+        (local) or submitted (batch backends)."""
+        ...
+
+    def describe(self, plan: Plan, run: RunState) -> dict[str, str]:
+        """Backend-specific detail per stage for `status` (e.g. Slurm job state); may be empty."""
+        ...
+
+    def cancel(self, plan: Plan, run: RunState) -> None:
+        """Stop every stage of the run that is still queued or running."""
+        ...
+
+
+def _local() -> Launcher:
+    from cleftgan_hpc.launch.local import LocalLauncher
+
+    return LocalLauncher()
+
+
+BACKENDS: dict[str, Callable[[], Launcher]] = {"local": _local}
+
+
+def get_launcher(backend: str) -> Launcher:
+    return BACKENDS[backend]()

@@ -1,0 +1,99 @@
+"""The local backend: each stage in its own process on this machine, in dependency order."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from cleftgan_hpc.plan import Plan, PlannedStage
+from cleftgan_hpc.runs import RunState, StageStatus
+from cleftgan_hpc.stages.context import EXIT_REQUEUE
+
+
+def say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+class LocalLauncher:
+    """Runs the plan to completion here. A done, up-to-date stage is skipped; a failed stage
+    cancels everything downstream and the run stops there."""
+
+    def launch(self, plan: Plan, run: RunState, force: set[str]) -> bool:
+        forced = set(force)
+        for name in force:
+            forced.update(plan.downstream(name))
+        for s in plan.stages:  # make every stage visible in `status` from the start
+            if not run.store.exists(run.key(s.name, "status.json")):
+                run.set_status(s.name, StageStatus())
+
+        outcome: dict[str, str] = {}
+        for s in plan.stages:
+            status = run.status(s.name)
+            if s.name not in forced and status.state == "done" and status.fingerprint == s.fingerprint:
+                say(f"= {s.name}: done earlier (attempt {status.attempt}), skipped")
+                outcome[s.name] = "done"
+                continue
+            if status.state == "done" and s.name not in forced:
+                say(f"~ {s.name}: its config or an upstream stage changed since it ran; running again")
+            blocked = [d for d in s.needs if outcome.get(d) != "done"]
+            if blocked:
+                reason = f"not run: upstream stage {blocked[0]!r} {outcome.get(blocked[0], 'did not finish')}"
+                run.set_status(s.name, StageStatus("cancelled", status.attempt, error=reason, fingerprint=s.fingerprint))
+                say(f"x {s.name}: {reason}")
+                outcome[s.name] = "cancelled"
+                continue
+            outcome[s.name] = self._run_stage(plan, run, s)
+        return all(v == "done" for v in outcome.values())
+
+    def _run_stage(self, plan: Plan, run: RunState, s: PlannedStage) -> str:
+        say(f"> {s.name} ({s.kind}) starting")
+        t0 = time.monotonic()
+        cmd = [
+            sys.executable, "-u", "-m", "cleftgan_hpc.execute",
+            "--store", json.dumps(plan.spec.store.model_dump(mode="json")),
+            "--run", run.run_id, "--stage", s.name,
+        ]
+        env = dict(os.environ)
+        # One stage's thread pools must not oversubscribe the cores it was given.
+        env.setdefault("OMP_NUM_THREADS", str(s.resources.cpus_per_task))
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                say(f"  [{s.name}] {line.rstrip()}")
+            code = proc.wait()
+        except KeyboardInterrupt:
+            proc.send_signal(signal.SIGTERM)  # let the stage checkpoint and record itself
+            code = proc.wait()
+            say(f"! {s.name}: interrupted; run again with --run {run.run_id} to resume")
+            raise
+        elapsed = time.monotonic() - t0
+        status = run.status(s.name)
+        if code == 0 and status.state == "done":
+            say(f"+ {s.name} done in {elapsed:.1f}s")
+            return "done"
+        if code == EXIT_REQUEUE:
+            say(f"! {s.name}: stopped on request after {elapsed:.1f}s; run again to resume")
+            return "stopped"
+        if status.state in ("running", "pending"):  # killed before it could record anything
+            how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
+            status.state, status.error, status.finished = "failed", f"process {how}", time.time()
+            run.set_status(s.name, status)
+        say(f"x {s.name} failed after {elapsed:.1f}s: {status.error}")
+        return "failed"
+
+    def describe(self, plan: Plan, run: RunState) -> dict[str, str]:
+        return {}
+
+    def cancel(self, plan: Plan, run: RunState) -> None:
+        for s in plan.stages:
+            status = run.status(s.name)
+            if status.state == "running" and status.pid and status.host == os.uname().nodename:
+                try:
+                    os.kill(status.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass

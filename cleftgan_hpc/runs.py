@@ -1,0 +1,129 @@
+"""Runs and their state in the store: run ids, the resolved spec, one status record per stage.
+
+Layout (under the store root):
+    runs/<run-id>/spec.yaml                    the resolved spec the run executes
+    runs/<run-id>/stages/<stage>/status.json   state, attempt, times, host, error, job ids
+    runs/<run-id>/stages/<stage>/result.json   outputs (name -> store key) of a done stage
+    runs/<run-id>/stages/<stage>/log.txt       the stage's log, uploaded as it finishes
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import secrets
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import yaml
+
+from cleftgan_hpc.errors import CleftGanError, ObjectNotFound
+from cleftgan_hpc.spec.job import JobSpec
+from cleftgan_hpc.stages.context import stage_prefix
+from cleftgan_hpc.storage.base import ObjectStore, join_key
+
+State = Literal["pending", "running", "done", "failed", "cancelled"]
+STATES: tuple[State, ...] = ("pending", "running", "done", "failed", "cancelled")
+
+
+def new_run_id(job_name: str) -> str:
+    """``<job>-<UTC time>-<random>``: sorts by creation time, unique across machines."""
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return f"{job_name}-{stamp}-{secrets.token_hex(2)}"
+
+
+def check_run_id(run_id: str) -> str:
+    if not run_id or "/" in run_id or run_id.startswith(".") or len(run_id) > 128:
+        raise CleftGanError(f"bad run id {run_id!r}: no '/', not starting with '.', at most 128 characters")
+    return run_id
+
+
+@dataclass
+class StageStatus:
+    """The record of one stage of one run."""
+
+    state: State = "pending"
+    attempt: int = 0  # how many times the stage has started
+    started: float | None = None  # unix time of the current/last attempt's start
+    finished: float | None = None
+    host: str | None = None
+    pid: int | None = None
+    error: str | None = None  # one-paragraph summary of why it failed or was cancelled
+    fingerprint: str | None = None  # the plan fingerprint the stage ran with (done => up to date)
+    job_ids: list[str] = field(default_factory=list)  # backend job ids (Slurm), newest last
+    updated: float = field(default_factory=time.time)
+
+    @classmethod
+    def from_json(cls, data: dict) -> StageStatus:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+    def running(self, fingerprint: str) -> StageStatus:
+        return StageStatus(
+            "running", self.attempt + 1, time.time(), None, socket.gethostname(), os.getpid(), None, fingerprint,
+            self.job_ids,
+        )
+
+
+class RunState:
+    """Reads and writes one run's records in the store."""
+
+    def __init__(self, store: ObjectStore, run_id: str) -> None:
+        self.store, self.run_id = store, check_run_id(run_id)
+
+    @property
+    def prefix(self) -> str:
+        return join_key("runs", self.run_id)
+
+    def key(self, stage: str, name: str) -> str:
+        return join_key(stage_prefix(self.run_id, stage), name)
+
+    # -- the spec ------------------------------------------------------------------------
+    def save_spec(self, spec: JobSpec) -> None:
+        text = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+        self.store.put_text(join_key(self.prefix, "spec.yaml"), text)
+
+    def load_spec(self) -> JobSpec:
+        from cleftgan_hpc.spec.load import parse_spec
+
+        key = join_key(self.prefix, "spec.yaml")
+        try:
+            text = self.store.get_text(key)
+        except ObjectNotFound:
+            raise CleftGanError(f"no run {self.run_id!r} in {self.store.url} (missing {key})") from None
+        return parse_spec(text, file=self.store.uri(key)).spec
+
+    def exists(self) -> bool:
+        return self.store.exists(join_key(self.prefix, "spec.yaml"))
+
+    # -- status and results ----------------------------------------------------------------
+    def status(self, stage: str) -> StageStatus:
+        try:
+            return StageStatus.from_json(self.store.get_json(self.key(stage, "status.json")))
+        except ObjectNotFound:
+            return StageStatus()
+
+    def set_status(self, stage: str, status: StageStatus) -> None:
+        status.updated = time.time()
+        self.store.put_json(self.key(stage, "status.json"), asdict(status))
+
+    def result(self, stage: str) -> dict[str, str] | None:
+        try:
+            return self.store.get_json(self.key(stage, "result.json"))["outputs"]
+        except ObjectNotFound:
+            return None
+
+    def set_result(self, stage: str, outputs: dict[str, str]) -> None:
+        self.store.put_json(self.key(stage, "result.json"), {"outputs": outputs})
+
+
+def latest_run_id(store: ObjectStore, job_name: str) -> str | None:
+    """The newest run of ``job_name`` in the store (run ids sort by creation time)."""
+    best = None
+    for info in store.list(f"runs/{job_name}-"):
+        parts = info.key.split("/")
+        if len(parts) == 3 and parts[2] == "spec.yaml":
+            best = parts[1] if best is None or parts[1] > best else best
+    return best

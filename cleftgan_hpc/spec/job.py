@@ -1,0 +1,42 @@
+"""JobSpec: the whole job, as written in one YAML file."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from cleftgan_hpc.spec.models import NAME_RE, Resources, StoreConfig, Strict
+from cleftgan_hpc.spec.stages import AnyStage
+
+Backend = Literal["local"]
+
+
+class JobSpec(Strict):
+    """A job: named stages run in dependency order on a backend, writing to a store."""
+
+    name: str = Field(description="Job name; run ids start with it. Letters, digits, '-' and '_'.")
+    store: StoreConfig = Field(
+        default_factory=StoreConfig,  # type: ignore[arg-type]
+        description="Where everything the job makes goes: a URL, or a mapping with url, endpoint_url, region, profile.",
+    )
+    backend: Backend = Field("local", description="Where stages run. 'local': one process per stage on this machine.")
+    resources: Resources = Field(default_factory=Resources, description="Default resources of every stage.")
+    stages: dict[str, AnyStage] = Field(description="Named stages, in any order; 'needs' and stage: inputs order them.")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not NAME_RE.match(v):
+            raise ValueError(f"bad name {v!r}: start with a letter; letters, digits, '-' and '_' only, at most 63")
+        return v
+
+    @field_validator("stages")
+    @classmethod
+    def _stages(cls, v: dict[str, AnyStage]) -> dict[str, AnyStage]:
+        if not v:
+            raise ValueError("a job needs at least one stage")
+        return v
+
+    def resources_of(self, stage: str) -> Resources:
+        return self.stages[stage].resources or self.resources

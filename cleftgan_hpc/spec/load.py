@@ -1,0 +1,388 @@
+"""The one YAML reader for job specs.
+
+It keeps the position of every key and value, interpolates ``${VAR}`` / ``${VAR:-default}``
+from the environment, validates with the typed models, checks the stage graph, and turns
+every problem into ``FILE:LINE:COL: field.path: what is wrong, what is expected``. A bad spec
+raises SpecError listing all problems; it never escapes as another exception.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from cleftgan_hpc.errors import SpecError, SpecProblem
+from cleftgan_hpc.spec.job import JobSpec
+from cleftgan_hpc.spec.models import NAME_RE, stage_ref
+from cleftgan_hpc.spec.stages import KINDS
+
+Loc = tuple[str | int, ...]
+_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\{[^}]*\}?")
+
+
+@dataclass
+class Positions:
+    """1-based (line, column) of each value and each mapping key, by path from the root."""
+
+    values: dict[Loc, tuple[int, int]] = field(default_factory=dict)
+    keys: dict[Loc, tuple[int, int]] = field(default_factory=dict)
+
+    def of(self, loc: Loc, *, key: bool = False) -> tuple[int, int]:
+        """Position of ``loc``, or of its nearest ancestor that exists in the file."""
+        loc = tuple(loc)
+        while loc:
+            if key and loc in self.keys:
+                return self.keys[loc]
+            if loc in self.values:
+                return self.values[loc]
+            loc = loc[:-1]
+        return self.values.get((), (1, 1))
+
+
+@dataclass
+class LoadedSpec:
+    """A validated spec with where it came from."""
+
+    spec: JobSpec
+    path: Path
+    positions: Positions
+
+
+def _mark(node: yaml.Node) -> tuple[int, int]:
+    return node.start_mark.line + 1, node.start_mark.column + 1
+
+
+class _Reader:
+    """Turns a composed YAML node tree into plain data, recording positions and problems."""
+
+    def __init__(self, file: str, env: typing.Mapping[str, str]) -> None:
+        self.file, self.env = file, env
+        self.pos = Positions()
+        self.problems: list[SpecProblem] = []
+        self._constructor = yaml.constructor.SafeConstructor()
+        self._resolver = yaml.resolver.Resolver()
+
+    def problem(self, where: tuple[int, int], loc: Loc, message: str) -> None:
+        self.problems.append(SpecProblem(self.file, where[0], where[1], dotted(loc), message))
+
+    def read(self, node: yaml.Node, loc: Loc) -> Any:
+        self.pos.values[loc] = _mark(node)
+        if isinstance(node, yaml.MappingNode):
+            out: dict[Any, Any] = {}
+            for key_node, value_node in node.value:
+                if not isinstance(key_node, yaml.ScalarNode):
+                    self.problem(_mark(key_node), loc, "a key must be a plain name, not a list or mapping")
+                    continue
+                key = key_node.value
+                if key == "<<":
+                    self.problem(_mark(key_node), loc, "YAML merge keys ('<<') are not supported; write the fields out")
+                    continue
+                if key in out:
+                    first = self.pos.keys[loc + (key,)]
+                    self.problem(
+                        _mark(key_node), loc + (key,), f"duplicate key {key!r} (first defined at line {first[0]})"
+                    )
+                    continue
+                self.pos.keys[loc + (key,)] = _mark(key_node)
+                out[key] = self.read(value_node, loc + (key,))
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            return [self.read(item, loc + (i,)) for i, item in enumerate(node.value)]
+        return self.scalar(node, loc)
+
+    def scalar(self, node: yaml.ScalarNode, loc: Loc) -> Any:
+        text = node.value
+        if "$" in text:
+            text = self.interpolate(text, node, loc)
+            if node.style is None:  # plain scalar: re-type what the variable gave ("64" -> 64)
+                tag = self._resolver.resolve(yaml.ScalarNode, text, (True, False))
+                node = yaml.ScalarNode(tag, text, node.start_mark, node.end_mark, node.style)
+            else:
+                return text
+        try:
+            return self._constructor.construct_object(node, deep=True)
+        except yaml.YAMLError as exc:
+            self.problem(_mark(node), loc, f"cannot read value {text!r}: {exc}")
+            return None
+
+    def interpolate(self, text: str, node: yaml.Node, loc: Loc) -> str:
+        def sub(m: re.Match[str]) -> str:
+            if m.group(0) == "$$":
+                return "$"
+            name, default = m.group(1), m.group(2)
+            if name is None:
+                self.problem(_mark(node), loc, f"bad interpolation {m.group(0)!r}: expected ${{VAR}} or ${{VAR:-default}}")
+                return m.group(0)
+            if name in self.env and self.env[name] != "":
+                return self.env[name]
+            if default is not None:
+                return default
+            self.problem(
+                _mark(node), loc, f"environment variable {name} is not set; set it or write ${{{name}:-default}}"
+            )
+            return ""
+
+        return _VAR.sub(sub, text)
+
+
+def dotted(loc: Loc) -> str:
+    return ".".join(str(p) for p in loc)
+
+
+def load_spec(path: str | Path, env: typing.Mapping[str, str] | None = None) -> LoadedSpec:
+    """Read, interpolate, validate and graph-check a job spec. Raises SpecError."""
+    path = Path(path)
+    file = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError([SpecProblem(file, 1, 1, "", "no such file")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError([SpecProblem(file, 1, 1, "", f"cannot read the spec: {exc}")]) from None
+    return parse_spec(text, file=file, base_dir=path.resolve().parent, env=env)
+
+
+def parse_spec(
+    text: str, *, file: str = "<spec>", base_dir: Path | None = None, env: typing.Mapping[str, str] | None = None
+) -> LoadedSpec:
+    """Like load_spec, from text."""
+    reader = _Reader(file, os.environ if env is None else env)
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        what = " ".join(p for p in (exc.context, exc.problem) if p)
+        raise SpecError([SpecProblem(file, line, col, "", f"YAML syntax error: {what}")]) from None
+    except yaml.YAMLError as exc:
+        raise SpecError([SpecProblem(file, 1, 1, "", f"YAML syntax error: {exc}")]) from None
+    if node is None:
+        raise SpecError([SpecProblem(file, 1, 1, "", "the spec is empty; expected a mapping with name and stages")])
+    data = reader.read(node, ())
+    if not isinstance(data, dict):
+        reader.problem(reader.pos.of(()), (), "the spec must be a mapping with name, store, backend and stages")
+        raise SpecError(reader.problems)
+    if reader.problems:
+        raise SpecError(reader.problems)
+
+    base = base_dir or Path.cwd()
+    problems = check_graph(data, reader.pos, file)
+    try:
+        spec = JobSpec.model_validate(data, context={"base_dir": base})
+    except ValidationError as exc:
+        problems += [_problem_from_pydantic(err, data, reader.pos, file) for err in exc.errors()]
+    if problems:
+        raise SpecError(_unique(problems))
+    return LoadedSpec(spec, Path(file), reader.pos)
+
+
+# -- the stage graph -------------------------------------------------------------------------
+# Checked on the raw data, so graph problems are reported together with field problems.
+
+
+def _raw_stages(data: Any) -> dict[str, dict[str, Any]]:
+    stages = data.get("stages") if isinstance(data, dict) else None
+    if not isinstance(stages, dict):
+        return {}
+    return {str(k): (v if isinstance(v, dict) else {}) for k, v in stages.items()}
+
+
+def raw_dependencies(stage: dict[str, Any]) -> list[tuple[str, Loc]]:
+    """(dependency, where it is named) for a raw stage mapping: its needs and its stage: inputs."""
+    deps: list[tuple[str, Loc]] = []
+    needs = stage.get("needs")
+    if isinstance(needs, list):
+        deps += [(n, ("needs", i)) for i, n in enumerate(needs) if isinstance(n, str)]
+    for key, value in stage.items():
+        ref = stage_ref(value) if isinstance(value, str) else None
+        if ref:
+            deps.append((ref[0], (key,)))
+    return deps
+
+
+def dependencies(spec: JobSpec, name: str) -> list[str]:
+    """A validated stage's dependencies: its ``needs`` plus every stage its inputs reference."""
+    deps = list(spec.stages[name].needs)
+    for value in spec.stages[name].model_dump().values():
+        ref = stage_ref(value) if isinstance(value, str) else None
+        if ref and ref[0] not in deps:
+            deps.append(ref[0])
+    return deps
+
+
+def check_graph(data: Any, pos: Positions, file: str) -> list[SpecProblem]:
+    """Stage names, unknown dependencies, unknown outputs and cycles."""
+    problems: list[SpecProblem] = []
+    stages = _raw_stages(data)
+
+    def add(loc: Loc, message: str, *, key: bool = False) -> None:
+        line, col = pos.of(loc, key=key)
+        problems.append(SpecProblem(file, line, col, dotted(loc), message))
+
+    names = list(stages)
+    for name, stage in stages.items():
+        if not NAME_RE.match(name):
+            add(("stages", name), f"bad stage name {name!r}: start with a letter; letters, digits, '-', '_'", key=True)
+        for dep, where in raw_dependencies(stage):
+            loc = ("stages", name, *where)
+            if dep == name:
+                add(loc, f"stage {name!r} cannot depend on itself")
+            elif dep not in stages:
+                add(loc, f"unknown stage {dep!r}{_suggest(dep, names)}; stages are: {', '.join(names)}")
+        for key, value in stage.items():
+            ref = stage_ref(value) if isinstance(value, str) else None
+            if not ref or not ref[1] or ref[0] not in stages:
+                continue
+            target_kind = KINDS.get(str(stages[ref[0]].get("kind")))
+            if target_kind is not None and ref[1] not in target_kind.outputs:
+                outs = ", ".join(target_kind.outputs)
+                add(("stages", name, key), f"stage {ref[0]!r} has no output {ref[1]!r}; expected one of: {outs}")
+    cycle = find_cycle({n: [d for d, _ in raw_dependencies(s) if d in stages and d != n] for n, s in stages.items()})
+    if cycle:
+        add(("stages", cycle[0]), "dependency cycle: " + " -> ".join(cycle + [cycle[0]]), key=True)
+    return problems
+
+
+def find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
+    """One cycle of a dependency graph (stage -> its dependencies) as a list of names, or None."""
+    state: dict[str, int] = {}  # 1 visiting, 2 done
+    stack: list[str] = []
+
+    def visit(n: str) -> list[str] | None:
+        state[n] = 1
+        stack.append(n)
+        for d in graph.get(n, []):
+            if state.get(d) == 1:
+                return stack[stack.index(d):]
+            if d not in state and (found := visit(d)):
+                return found
+        stack.pop()
+        state[n] = 2
+        return None
+
+    for n in sorted(graph):
+        if n not in state and (found := visit(n)):
+            return found
+    return None
+
+
+# -- pydantic errors -> positioned problems ----------------------------------------------------
+
+
+def _problem_from_pydantic(err: dict[str, Any], data: dict[str, Any], pos: Positions, file: str) -> SpecProblem:
+    loc = _data_loc(tuple(err["loc"]), data)
+    kind = err["type"]
+    model = _model_at(loc[:-1], data) if loc else JobSpec
+    if kind == "extra_forbidden":
+        key = str(loc[-1])
+        allowed = sorted(model.model_fields) if model else []
+        hint = _suggest(key, allowed)
+        msg = f"unknown field {key!r}{hint}" + (f"; allowed: {', '.join(allowed)}" if allowed and not hint else "")
+        line, col = pos.of(loc, key=True)
+    elif kind == "missing":
+        msg = f"missing required field {loc[-1]!r}"
+        desc = _description(model, str(loc[-1])) if model else None
+        msg += f" ({desc})" if desc else ""
+        line, col = pos.of(loc[:-1], key=True)
+    elif kind in ("union_tag_invalid", "union_tag_not_found"):
+        kinds = ", ".join(KINDS)
+        got = err.get("input", {}).get("kind") if isinstance(err.get("input"), dict) else None
+        msg = f"unknown stage kind {got!r}; expected one of: {kinds}" if got else f"missing 'kind'; expected one of: {kinds}"
+        loc = loc + ("kind",) if got else loc
+        line, col = pos.of(loc)
+    else:
+        msg = err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        if "input" in err and kind not in ("value_error",) and not isinstance(err["input"], (dict, list)):
+            msg += f" (got {err['input']!r})"
+        line, col = pos.of(loc)
+    return SpecProblem(file, line, col, dotted(loc), msg)
+
+
+def _data_loc(loc: Loc, data: Any) -> Loc:
+    """Drop the parts pydantic adds that are not in the file (union tags, validator names)."""
+    out: list[str | int] = []
+    node = data
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            out.append(part)
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            out.append(part)
+            node = node[part]
+        elif isinstance(node, dict) and isinstance(part, str) and (part in KINDS or "[" in part):
+            continue  # the discriminator tag or a 'function-after[...]' wrapper
+        else:
+            out.append(part)
+            node = None
+    return tuple(out)
+
+
+def _model_at(loc: Loc, data: Any) -> type[BaseModel] | None:
+    """The model class that validates the mapping at ``loc`` (for field-name suggestions)."""
+    model: Any = JobSpec
+    node = data
+    i = 0
+    while i < len(loc):
+        part = loc[i]
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return None
+        info = model.model_fields.get(str(part))
+        if info is None:
+            return None
+        tp = _unwrap(info.annotation)
+        node = node.get(part) if isinstance(node, dict) else None
+        i += 1
+        if typing.get_origin(tp) is dict:
+            if i >= len(loc):
+                return None
+            node = node.get(loc[i]) if isinstance(node, dict) else None
+            i += 1
+            tp = _unwrap(typing.get_args(tp)[1])
+            if tp is object or typing.get_origin(tp) in (typing.Union, types.UnionType):
+                kind = node.get("kind") if isinstance(node, dict) else None
+                tp = KINDS.get(kind) if isinstance(kind, str) else None
+        model = tp
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _unwrap(tp: Any) -> Any:
+    while typing.get_origin(tp) is typing.Annotated:
+        tp = typing.get_args(tp)[0]
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return _unwrap(args[0])
+        if all(typing.get_origin(_unwrap(a)) is None and isinstance(_unwrap(a), type) for a in args):
+            models = [_unwrap(a) for a in args]
+            if all(issubclass(m, BaseModel) for m in models):
+                return typing.Union[tuple(models)]  # noqa: UP007
+    return tp
+
+
+def _description(model: type[BaseModel], name: str) -> str | None:
+    info = model.model_fields.get(name)
+    return info.description if info else None
+
+
+def _suggest(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _unique(problems: list[SpecProblem]) -> list[SpecProblem]:
+    seen: set[str] = set()
+    out = []
+    for p in sorted(problems, key=lambda p: (p.line, p.col)):
+        if str(p) not in seen:
+            seen.add(str(p))
+            out.append(p)
+    return out

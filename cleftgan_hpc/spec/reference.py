@@ -1,0 +1,66 @@
+"""The spec reference (every field, its type, default and meaning), generated from the models."""
+
+from __future__ import annotations
+
+import inspect
+import typing
+
+from pydantic import BaseModel
+from pydantic_core import PydanticUndefined
+
+from cleftgan_hpc.spec.job import JobSpec
+from cleftgan_hpc.spec.models import Resources, StageBase, StoreConfig, input_fields
+from cleftgan_hpc.spec.stages import KINDS
+
+
+def _type_name(tp: object) -> str:
+    if typing.get_origin(tp) is typing.Annotated:
+        return _type_name(typing.get_args(tp)[0])
+    origin = typing.get_origin(tp)
+    if origin is typing.Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin is not None:
+        args = [_type_name(a) for a in typing.get_args(tp) if a is not type(None)]
+        name = getattr(origin, "__name__", str(origin))
+        if name in ("Union", "UnionType"):
+            return " | ".join(args) + (" | null" if type(None) in typing.get_args(tp) else "")
+        return f"{name}[{', '.join(args)}]"
+    return getattr(tp, "__name__", str(tp))
+
+
+def model_table(model: type[BaseModel], skip: tuple[str, ...] = ()) -> str:
+    inputs = set(input_fields(model))
+    rows = ["| field | type | default | meaning |", "|---|---|---|---|"]
+    for name, info in model.model_fields.items():
+        if name in skip:
+            continue
+        if info.default is PydanticUndefined and info.default_factory is None:
+            default = "**required**"
+        elif info.default_factory is not None:
+            value = info.default_factory()  # type: ignore[call-arg]
+            default = "(see its table)" if isinstance(value, BaseModel) else f"`{value!r}`"
+        else:
+            default = f"`{info.default!r}`" if info.default is not None else "`null`"
+        tname = "input" if name in inputs else _type_name(info.annotation)
+        tname = tname.replace("|", "or")
+        desc = (info.description or "").replace("|", "\\|")
+        rows.append(f"| `{name}` | {tname} | {default} | {desc} |")
+    return "\n".join(rows)
+
+
+def spec_reference() -> str:
+    parts = [
+        "### Job", model_table(JobSpec),
+        "### `store`", inspect.cleandoc(StoreConfig.__doc__ or ""), model_table(StoreConfig),
+        "### `resources` (job default and per stage)", model_table(Resources),
+        "### Every stage", model_table(StageBase),
+    ]
+    for kind, model in KINDS.items():
+        outs = ", ".join(f"`{k}` ({v})" for k, v in model.outputs.items())
+        parts += [f"### `kind: {kind}`", inspect.cleandoc(model.__doc__ or ""), model_table(model, skip=("needs", "resources", "kind")),
+                  f"Outputs: {outs}; `stage:NAME` alone means `{model.default_output}`."]
+    parts.append(
+        "An **input** is a local path (relative to the spec's directory), `store:KEY` (a key or prefix in the "
+        "job's store) or `stage:NAME[.OUTPUT]` (what an earlier stage of the same run produced; it also orders the stages)."
+    )
+    return "\n\n".join(p.strip() for p in parts) + "\n"

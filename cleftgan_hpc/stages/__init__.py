@@ -1,0 +1,37 @@
+"""Stage implementations, one module per kind, each a plain ``run(cfg, ctx) -> outputs``.
+
+The registry maps a kind to a loader that imports its module on demand, so reading a spec
+never imports torch. Explicit functions, not module paths in strings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from cleftgan_hpc.stages.context import StageContext
+
+StageFn = Callable[[Any, StageContext], dict[str, str]]
+
+
+def _preprocess() -> StageFn:
+    from cleftgan_hpc.stages.preprocess import run
+
+    return run
+
+
+def _demo_data() -> StageFn:
+    from cleftgan_hpc.stages.demo_data import run
+
+    return run
+
+
+RUNNERS: dict[str, Callable[[], StageFn]] = {
+    "preprocess": _preprocess,
+    "demo_data": _demo_data,
+}
+
+
+def stage_function(kind: str) -> StageFn:
+    """The run function of a stage kind."""
+    return RUNNERS[kind]()
