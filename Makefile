@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test lint bench clean readme
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -32,3 +32,6 @@ bench: venv
 
 clean:
 	rm -rf $(VENV) store .pytest_cache .ruff_cache
+
+readme: venv  ## regenerate the spec reference in README.md
+	$(BIN)/python -m cleftgan_hpc.spec.reference README.md

@@ -17,7 +17,8 @@ class JobSpec(Strict):
 
     name: str = Field(description="Job name; run ids start with it. Letters, digits, '-' and '_'.")
     store: StoreConfig = Field(
-        default_factory=StoreConfig,  # type: ignore[arg-type]
+        "file://./store",  # type: ignore[assignment]
+        validate_default=True,  # so the default resolves against the spec's directory too
         description="Where everything the job makes goes: a URL, or a mapping with url, endpoint_url, region, profile.",
     )
     backend: Backend = Field("local", description="Where stages run. 'local': one process per stage on this machine.")

@@ -68,6 +68,7 @@ class _Reader:
         self.file, self.env = file, env
         self.pos = Positions()
         self.problems: list[SpecProblem] = []
+        self.budget = 100_000  # values read, aliases expanded
         self._constructor = yaml.constructor.SafeConstructor()
         self._resolver = yaml.resolver.Resolver()
 
@@ -75,6 +76,9 @@ class _Reader:
         self.problems.append(SpecProblem(self.file, where[0], where[1], dotted(loc), message))
 
     def read(self, node: yaml.Node, loc: Loc) -> Any:
+        self.budget -= 1
+        if self.budget < 0:  # YAML aliases can expand exponentially ("billion laughs")
+            raise SpecError([SpecProblem(self.file, *_mark(node), dotted(loc), "the spec expands to too many values")])
         self.pos.values[loc] = _mark(node)
         if isinstance(node, yaml.MappingNode):
             out: dict[Any, Any] = {}

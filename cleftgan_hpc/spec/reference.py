@@ -64,3 +64,21 @@ def spec_reference() -> str:
         "job's store) or `stage:NAME[.OUTPUT]` (what an earlier stage of the same run produced; it also orders the stages)."
     )
     return "\n\n".join(p.strip() for p in parts) + "\n"
+
+
+def update_readme(path: str) -> None:
+    """Rewrite the spec reference between the README's markers."""
+    import re
+    from pathlib import Path
+
+    readme = Path(path)
+    text = readme.read_text()
+    block = "<!-- spec-reference:start -->\n" + spec_reference() + "<!-- spec-reference:end -->"
+    new = re.sub(r"<!-- spec-reference:start -->.*?<!-- spec-reference:end -->", lambda _: block, text, flags=re.S)
+    readme.write_text(new)
+
+
+if __name__ == "__main__":
+    import sys
+
+    update_readme(sys.argv[1] if len(sys.argv) > 1 else "README.md")

@@ -115,10 +115,11 @@ def copy_stream(src: BinaryIO, fd: int, *, what: str) -> tuple[str, int]:
     return h.hexdigest(), size
 
 
-def write_file_atomically(src: BinaryIO, path: str | Path) -> tuple[str, int]:
+def write_file_atomically(src: BinaryIO, path: str | Path, *, expected_sha256: str | None = None) -> tuple[str, int]:
     """Copy ``src`` to a temp file beside ``path``, fsync, rename onto ``path``: (sha256, size).
 
-    ``path`` either keeps its old content or gets the complete new one, never a part.
+    ``path`` either keeps its old content or gets the complete new one, never a part. With
+    ``expected_sha256``, bytes that do not match raise StorageError and ``path`` is left alone.
     """
     dest = Path(path)
     try:
@@ -127,14 +128,18 @@ def write_file_atomically(src: BinaryIO, path: str | Path) -> tuple[str, int]:
     except OSError as e:
         raise StorageError(f"cannot write {dest}: {e.strerror or e}") from e
     try:
-        result = copy_stream(src, fd, what=str(dest))
+        sha, size = copy_stream(src, fd, what=str(dest))
+        if expected_sha256 is not None and sha != expected_sha256:
+            raise StorageError(
+                f"corrupt download to {dest}: sha256 {sha} does not match the stored {expected_sha256}"
+            )
         os.replace(name, dest)
     except OSError as e:
         raise StorageError(f"cannot write {dest}: {e.strerror or e}") from e
     finally:
         with contextlib.suppress(OSError):
             os.unlink(name)
-    return result
+    return sha, size
 
 
 class ObjectStore(ABC):

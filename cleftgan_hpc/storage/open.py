@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cleftgan_hpc.errors import StorageError
-from cleftgan_hpc.spec.models import StoreConfig
 from cleftgan_hpc.storage.base import ObjectStore
+
+if TYPE_CHECKING:
+    from cleftgan_hpc.spec.models import StoreConfig
 
 
 def open_store(cfg: StoreConfig) -> ObjectStore:

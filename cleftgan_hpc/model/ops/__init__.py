@@ -1,0 +1,101 @@
+"""The network ops, in two interchangeable versions: fast (default) and plain (reference.py).
+
+`plain_ops()` switches every op to its plain version (for tests and benchmarks); the modules
+call the dispatchers below, never an implementation directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+
+import torch
+
+from . import reference
+from .bias_act import bias_act as _fast_bias_act
+from .filtered_lrelu import filtered_lrelu as _fast_filtered_lrelu
+from .modulated_conv import modulated_conv2d as _fast_modulated_conv2d
+from .upfirdn2d import Padding
+from .upfirdn2d import upfirdn2d as _fast_upfirdn2d
+
+_use_plain = False
+
+
+@contextlib.contextmanager
+def plain_ops(enabled: bool = True) -> Iterator[None]:
+    """Within this block, every op runs its plain reference version."""
+    global _use_plain
+    prev, _use_plain = _use_plain, enabled
+    try:
+        yield
+    finally:
+        _use_plain = prev
+
+
+def using_plain_ops() -> bool:
+    """True inside `plain_ops()`."""
+    return _use_plain
+
+
+def bias_act(
+    x: torch.Tensor,
+    b: torch.Tensor | None = None,
+    act: str = "linear",
+    alpha: float = 0.2,
+    gain: float | None = None,
+    clamp: float | None = None,
+) -> torch.Tensor:
+    """Bias, activation ("linear"/"lrelu"), gain, clamp."""
+    fn = reference.ref_bias_act if _use_plain else _fast_bias_act
+    return fn(x, b, act=act, alpha=alpha, gain=gain, clamp=clamp)
+
+
+def upfirdn2d(
+    x: torch.Tensor,
+    f: torch.Tensor | None,
+    up: int = 1,
+    down: int = 1,
+    padding: Padding = (0, 0, 0, 0),
+    flip_filter: bool = False,
+    gain: float = 1.0,
+) -> torch.Tensor:
+    """Upsample, pad, FIR filter, downsample."""
+    fn = reference.ref_upfirdn2d if _use_plain else _fast_upfirdn2d
+    return fn(x, f, up=up, down=down, padding=padding, flip_filter=flip_filter, gain=gain)
+
+
+def filtered_lrelu(
+    x: torch.Tensor,
+    fu: torch.Tensor | None,
+    fd: torch.Tensor | None,
+    b: torch.Tensor | None = None,
+    up: int = 1,
+    down: int = 1,
+    padding: Padding = (0, 0, 0, 0),
+    gain: float = math.sqrt(2),
+    slope: float = 0.2,
+    clamp: float | None = None,
+) -> torch.Tensor:
+    """bias -> upsample -> leaky ReLU * gain, clamp -> downsample."""
+    fn = reference.ref_filtered_lrelu if _use_plain else _fast_filtered_lrelu
+    return fn(x, fu, fd, b, up=up, down=down, padding=padding, gain=gain, slope=slope, clamp=clamp)
+
+
+def modulated_conv2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    styles: torch.Tensor,
+    demodulate: bool = True,
+    padding: int = 0,
+    input_gain: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Modulated (and demodulated) convolution, optional bias after it."""
+    if _use_plain:
+        y = reference.ref_modulated_conv2d(x, weight, styles, demodulate, padding, input_gain)
+        return y if bias is None else y + bias.to(y.dtype).reshape(1, -1, 1, 1)
+    return _fast_modulated_conv2d(x, weight, styles, demodulate, padding, input_gain, bias)
+
+
+__all__ = ["Padding", "bias_act", "filtered_lrelu", "modulated_conv2d", "plain_ops", "upfirdn2d", "using_plain_ops"]

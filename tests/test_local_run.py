@@ -1,0 +1,110 @@
+"""The local backend end to end: real stages in their own processes, state in a real store."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from cleftgan_hpc.runs import RunState
+from cleftgan_hpc.storage.local import LocalStore
+
+SPEC = """
+name: t
+store: file://./store
+stages:
+  faces:
+    kind: demo_data
+    count: 10
+    size: 128
+    seed: {seed}
+  dataset:
+    kind: preprocess
+    images: stage:faces.images
+    landmarks: stage:faces.landmarks
+    labels: stage:faces.labels
+    label_column: group
+    resolution: 32
+    workers: 1
+"""
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "cleftgan_hpc.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=600)
+
+
+@pytest.fixture
+def job(tmp_path: Path) -> Path:
+    path = tmp_path / "job.yaml"
+    path.write_text(textwrap.dedent(SPEC.format(seed=0)))
+    return path
+
+
+def test_run_resume_force_and_status(job: Path) -> None:
+    out = run_cli("run", str(job), "--run", "t-1", cwd=job.parent)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "> faces (demo_data) starting" in out.stdout and "+ dataset done" in out.stdout
+    assert "[dataset]" in out.stdout  # the stage's own log lines are shown live
+
+    store = LocalStore(job.parent / "store")
+    run = RunState(store, "t-1")
+    for stage in ("faces", "dataset"):
+        st = run.status(stage)
+        assert st.state == "done" and st.attempt == 1 and st.host and st.started and st.finished >= st.started
+        assert "done" in store.get_text(run.key(stage, "log.txt"))
+    outputs = run.result("dataset")
+    assert outputs is not None and store.exists(outputs["dataset"])
+    assert run.load_spec().name == "t"
+
+    again = run_cli("run", str(job), "--run", "t-1", cwd=job.parent)
+    assert again.returncode == 0
+    assert "= faces: done earlier (attempt 1), skipped" in again.stdout
+    assert "= dataset: done earlier" in again.stdout
+    assert run.status("dataset").attempt == 1
+
+    forced = run_cli("run", str(job), "--run", "t-1", "--force", "faces", cwd=job.parent)
+    assert forced.returncode == 0
+    assert run.status("faces").attempt == 2 and run.status("dataset").attempt == 2  # downstream re-runs too
+
+    job.write_text(textwrap.dedent(SPEC.format(seed=1)))  # a changed config re-runs what it affects
+    changed = run_cli("run", str(job), "--run", "t-1", cwd=job.parent)
+    assert "~ faces: its config or an upstream stage changed" in changed.stdout
+    assert run.status("faces").attempt == 3
+
+    status = run_cli("status", str(job), cwd=job.parent)
+    assert status.returncode == 0
+    assert "run t-1" in status.stdout
+    rows = [line.split() for line in status.stdout.splitlines()[2:]]
+    assert [(r[0], r[1], r[2], r[3]) for r in rows] == [("faces", "demo_data", "done", "3"),
+                                                       ("dataset", "preprocess", "done", "3")]
+
+
+def test_failed_stage_cancels_dependents(tmp_path: Path) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text(textwrap.dedent("""
+        name: f
+        stages:
+          broken:
+            kind: preprocess
+            images: ./no-such-photos
+          after:
+            kind: demo_data
+            needs: [broken]
+    """))
+    out = run_cli("run", str(path), "--run", "f-1", cwd=tmp_path)
+    assert out.returncode == 1
+    assert "x broken failed" in out.stdout
+    assert "x after: not run: upstream stage 'broken' failed" in out.stdout
+    assert "resume with: cleftgan-hpc run" in out.stdout
+    run = RunState(LocalStore(tmp_path / "store"), "f-1")
+    st = run.status("broken")
+    assert st.state == "failed" and "no-such-photos" in st.error
+    assert run.status("after").state == "cancelled"
+    assert "Traceback" not in out.stderr
+    status = json.loads((tmp_path / "store/runs/f-1/stages/broken/status.json").read_text())
+    assert status["state"] == "failed"
