@@ -58,8 +58,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     resumed = run.exists()
     run.save_spec(spec)
     plan = make_plan(spec, run.run_id)
-    print(f"{'resuming' if resumed else 'starting'} run {run.run_id} of {spec.name} "
-          f"({len(plan.stages)} stages, {spec.backend} backend, store {spec.store.url})", flush=True)
+    print(
+        f"{'resuming' if resumed else 'starting'} run {run.run_id} of {spec.name} "
+        f"({len(plan.stages)} stages, {spec.backend} backend, store {spec.store.url})",
+        flush=True,
+    )
     t0 = time.monotonic()
     ok = get_launcher(spec.backend).launch(plan, run, set(args.force))
     print()
@@ -68,8 +71,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if ok:
         print(f"\nrun {run.run_id} finished in {took:.1f}s; outputs under {run.store.uri(run.prefix)}/")
         return 0
-    print(f"\nrun {run.run_id} did not finish; fix the cause and resume with: "
-          f"cleftgan-hpc run {args.spec} --run {run.run_id}")
+    print(
+        f"\nrun {run.run_id} did not finish; fix the cause and resume with: "
+        f"cleftgan-hpc run {args.spec} --run {run.run_id}"
+    )
     return 1
 
 
@@ -80,12 +85,16 @@ def format_status(plan, run, extra: dict[str, str] | None = None) -> str:
     rows = [("STAGE", "KIND", "STATE", "TRY", "STARTED", "TOOK", "HOST", "DETAIL")]
     for s in plan.stages:
         st = run.status(s.name)
-        took = f"{st.finished - st.started:.1f}s" if st.started and st.finished else (
-            f"{time.time() - st.started:.0f}s+" if st.started and st.state == "running" else "-")
+        took = (
+            f"{st.finished - st.started:.1f}s"
+            if st.started and st.finished
+            else (f"{time.time() - st.started:.0f}s+" if st.started and st.state == "running" else "-")
+        )
         detail = (extra or {}).get(s.name) or (st.error or "").split("\n", 1)[0][:120]
         rows.append((s.name, s.kind, st.state, str(st.attempt), when(st.started), took, st.host or "-", detail))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r[:-1], widths)) + "  " + r[-1] for r in rows).rstrip()
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1] for r in rows]
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -169,4 +178,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

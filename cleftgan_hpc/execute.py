@@ -70,14 +70,18 @@ def execute_stage(store_cfg: StoreConfig, run_id: str, stage: str) -> int:
     for field_name, value in planned.inputs.items():
         original = getattr(cfg, field_name)
         if isinstance(original, str) and original.startswith("stage:"):
-            dep, _, output = original[len("stage:"):].partition(".")
+            dep, _, output = original[len("stage:") :].partition(".")
             recorded = run.result(dep) or {}
             key = recorded.get(output or type(spec.stages[dep]).default_output)
             updates[field_name] = "store:" + key if key else value
     cfg = cfg.model_copy(update=updates)
 
     ctx = StageContext(
-        store=store, run_id=run_id, stage=stage, scratch=scratch, log=log,
+        store=store,
+        run_id=run_id,
+        stage=stage,
+        scratch=scratch,
+        log=log,
         device="cuda" if planned.resources.gpus and _cuda_available() else "cpu",
         cpus=_cpus(planned.resources.cpus_per_task),
     )

@@ -104,7 +104,9 @@ def make_plan(spec: JobSpec, run_id: str) -> Plan:
 
 def format_plan(plan: Plan) -> str:
     """The plan as text: one block per stage, in order."""
-    lines = [f"job {plan.spec.name}: {len(plan.stages)} stages, backend {plan.spec.backend}, store {plan.spec.store.url}"]
+    lines = [
+        f"job {plan.spec.name}: {len(plan.stages)} stages, backend {plan.spec.backend}, store {plan.spec.store.url}"
+    ]
     lines.append(f"run {plan.run_id}")
     for i, s in enumerate(plan.stages, 1):
         r = s.resources

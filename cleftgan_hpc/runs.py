@@ -62,7 +62,14 @@ class StageStatus:
 
     def running(self, fingerprint: str) -> StageStatus:
         return StageStatus(
-            "running", self.attempt + 1, time.time(), None, socket.gethostname(), os.getpid(), None, fingerprint,
+            "running",
+            self.attempt + 1,
+            time.time(),
+            None,
+            socket.gethostname(),
+            os.getpid(),
+            None,
+            fingerprint,
             self.job_ids,
         )
 

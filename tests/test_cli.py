@@ -10,8 +10,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def cli(*args: str, cwd: Path = REPO, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cleftgan_hpc.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "cleftgan_hpc.cli", *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=300
+    )
 
 
 def test_validate_shipped_jobs() -> None:
@@ -23,8 +24,9 @@ def test_validate_shipped_jobs() -> None:
 
 def test_validate_bad_spec_prints_positions_not_a_traceback(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text("name: x\nstages:\n  a:\n    kind: demo_data\n    cuont: 3\n  b:\n    kind: preprocess\n"
-                   "    images: stage:c\n")
+    bad.write_text(
+        "name: x\nstages:\n  a:\n    kind: demo_data\n    cuont: 3\n  b:\n    kind: preprocess\n    images: stage:c\n"
+    )
     out = cli("validate", str(bad))
     assert out.returncode == 2
     assert "Traceback" not in out.stderr
@@ -35,10 +37,12 @@ def test_validate_bad_spec_prints_positions_not_a_traceback(tmp_path: Path) -> N
 
 
 def test_validate_and_plan_do_not_import_torch() -> None:
-    code = ("import sys; from cleftgan_hpc.cli import main; "
-            "assert main(['validate', 'jobs/cleftgan.yaml']) == 0; assert main(['plan', 'jobs/demo.yaml']) == 0; "
-            "heavy = [m for m in ('torch', 'ray', 'submitit', 'boto3') if m in sys.modules]; "
-            "assert not heavy, heavy")
+    code = (
+        "import sys; from cleftgan_hpc.cli import main; "
+        "assert main(['validate', 'jobs/cleftgan.yaml']) == 0; assert main(['plan', 'jobs/demo.yaml']) == 0; "
+        "heavy = [m for m in ('torch', 'ray', 'submitit', 'boto3') if m in sys.modules]; "
+        "assert not heavy, heavy"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
 

@@ -34,8 +34,9 @@ stages:
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cleftgan_hpc.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "cleftgan_hpc.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
 
 
 @pytest.fixture
@@ -80,13 +81,16 @@ def test_run_resume_force_and_status(job: Path) -> None:
     assert status.returncode == 0
     assert "run t-1" in status.stdout
     rows = [line.split() for line in status.stdout.splitlines()[2:]]
-    assert [(r[0], r[1], r[2], r[3]) for r in rows] == [("faces", "demo_data", "done", "3"),
-                                                       ("dataset", "preprocess", "done", "3")]
+    assert [(r[0], r[1], r[2], r[3]) for r in rows] == [
+        ("faces", "demo_data", "done", "3"),
+        ("dataset", "preprocess", "done", "3"),
+    ]
 
 
 def test_failed_stage_cancels_dependents(tmp_path: Path) -> None:
     path = tmp_path / "job.yaml"
-    path.write_text(textwrap.dedent("""
+    path.write_text(
+        textwrap.dedent("""
         name: f
         stages:
           broken:
@@ -95,7 +99,8 @@ def test_failed_stage_cancels_dependents(tmp_path: Path) -> None:
           after:
             kind: demo_data
             needs: [broken]
-    """))
+    """)
+    )
     out = run_cli("run", str(path), "--run", "f-1", cwd=tmp_path)
     assert out.returncode == 1
     assert "x broken failed" in out.stdout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -42,7 +43,9 @@ class LocalLauncher:
             blocked = [d for d in s.needs if outcome.get(d) != "done"]
             if blocked:
                 reason = f"not run: upstream stage {blocked[0]!r} {outcome.get(blocked[0], 'did not finish')}"
-                run.set_status(s.name, StageStatus("cancelled", status.attempt, error=reason, fingerprint=s.fingerprint))
+                run.set_status(
+                    s.name, StageStatus("cancelled", status.attempt, error=reason, fingerprint=s.fingerprint)
+                )
                 say(f"x {s.name}: {reason}")
                 outcome[s.name] = "cancelled"
                 continue
@@ -53,9 +56,16 @@ class LocalLauncher:
         say(f"> {s.name} ({s.kind}) starting")
         t0 = time.monotonic()
         cmd = [
-            sys.executable, "-u", "-m", "cleftgan_hpc.execute",
-            "--store", json.dumps(plan.spec.store.model_dump(mode="json")),
-            "--run", run.run_id, "--stage", s.name,
+            sys.executable,
+            "-u",
+            "-m",
+            "cleftgan_hpc.execute",
+            "--store",
+            json.dumps(plan.spec.store.model_dump(mode="json")),
+            "--run",
+            run.run_id,
+            "--stage",
+            s.name,
         ]
         env = dict(os.environ)
         # One stage's thread pools must not oversubscribe the cores it was given.
@@ -93,7 +103,5 @@ class LocalLauncher:
         for s in plan.stages:
             status = run.status(s.name)
             if status.state == "running" and status.pid and status.host == os.uname().nodename:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(status.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass

@@ -124,7 +124,9 @@ class _Reader:
                 return "$"
             name, default = m.group(1), m.group(2)
             if name is None:
-                self.problem(_mark(node), loc, f"bad interpolation {m.group(0)!r}: expected ${{VAR}} or ${{VAR:-default}}")
+                self.problem(
+                    _mark(node), loc, f"bad interpolation {m.group(0)!r}: expected ${{VAR}} or ${{VAR:-default}}"
+                )
                 return m.group(0)
             if name in self.env and self.env[name] != "":
                 return self.env[name]
@@ -266,7 +268,7 @@ def find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
         stack.append(n)
         for d in graph.get(n, []):
             if state.get(d) == 1:
-                return stack[stack.index(d):]
+                return stack[stack.index(d) :]
             if d not in state and (found := visit(d)):
                 return found
         stack.pop()
@@ -300,7 +302,11 @@ def _problem_from_pydantic(err: dict[str, Any], data: dict[str, Any], pos: Posit
     elif kind in ("union_tag_invalid", "union_tag_not_found"):
         kinds = ", ".join(KINDS)
         got = err.get("input", {}).get("kind") if isinstance(err.get("input"), dict) else None
-        msg = f"unknown stage kind {got!r}; expected one of: {kinds}" if got else f"missing 'kind'; expected one of: {kinds}"
+        msg = (
+            f"unknown stage kind {got!r}; expected one of: {kinds}"
+            if got
+            else f"missing 'kind'; expected one of: {kinds}"
+        )
         loc = loc + ("kind",) if got else loc
         line, col = pos.of(loc)
     else:
@@ -316,10 +322,13 @@ def _data_loc(loc: Loc, data: Any) -> Loc:
     out: list[str | int] = []
     node = data
     for part in loc:
-        if isinstance(node, dict) and part in node:
-            out.append(part)
-            node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+        if (
+            isinstance(node, dict)
+            and part in node
+            or isinstance(node, list)
+            and isinstance(part, int)
+            and 0 <= part < len(node)
+        ):
             out.append(part)
             node = node[part]
         elif isinstance(node, dict) and isinstance(part, str) and (part in KINDS or "[" in part):

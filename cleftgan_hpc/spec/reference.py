@@ -50,18 +50,28 @@ def model_table(model: type[BaseModel], skip: tuple[str, ...] = ()) -> str:
 
 def spec_reference() -> str:
     parts = [
-        "### Job", model_table(JobSpec),
-        "### `store`", inspect.cleandoc(StoreConfig.__doc__ or ""), model_table(StoreConfig),
-        "### `resources` (job default and per stage)", model_table(Resources),
-        "### Every stage", model_table(StageBase),
+        "### Job",
+        model_table(JobSpec),
+        "### `store`",
+        inspect.cleandoc(StoreConfig.__doc__ or ""),
+        model_table(StoreConfig),
+        "### `resources` (job default and per stage)",
+        model_table(Resources),
+        "### Every stage",
+        model_table(StageBase),
     ]
     for kind, model in KINDS.items():
         outs = ", ".join(f"`{k}` ({v})" for k, v in model.outputs.items())
-        parts += [f"### `kind: {kind}`", inspect.cleandoc(model.__doc__ or ""), model_table(model, skip=("needs", "resources", "kind")),
-                  f"Outputs: {outs}; `stage:NAME` alone means `{model.default_output}`."]
+        parts += [
+            f"### `kind: {kind}`",
+            inspect.cleandoc(model.__doc__ or ""),
+            model_table(model, skip=("needs", "resources", "kind")),
+            f"Outputs: {outs}; `stage:NAME` alone means `{model.default_output}`.",
+        ]
     parts.append(
         "An **input** is a local path (relative to the spec's directory), `store:KEY` (a key or prefix in the "
-        "job's store) or `stage:NAME[.OUTPUT]` (what an earlier stage of the same run produced; it also orders the stages)."
+        "job's store) or `stage:NAME[.OUTPUT]` (what an earlier stage of the same run produced; "
+        "it also orders the stages)."
     )
     return "\n\n".join(p.strip() for p in parts) + "\n"
 

@@ -17,32 +17,44 @@ class PreprocessStage(StageBase):
     (a zip of PNGs in the StyleGAN dataset format, with dataset.json labels)."""
 
     kind: Literal["preprocess"]
-    images: Input = Field(description="Directory of photos (JPEG, PNG, WebP, TIFF), searched recursively: a path, store:PREFIX or stage:NAME.OUTPUT.")
+    images: Input = Field(
+        description="Directory of photos (JPEG, PNG, WebP, TIFF), searched recursively: "
+        "a path, store:PREFIX or stage:NAME.OUTPUT."
+    )
     landmarks: Input | None = Field(
         None,
         description="CSV with columns file,left_eye_x,left_eye_y,right_eye_x,right_eye_y,"
         "mouth_left_x,mouth_left_y,mouth_right_x,mouth_right_y (pixels). Without it a face "
         "landmark detector finds them.",
     )
-    labels: Input | None = Field(None, description="CSV with a 'file' column and label columns to carry into dataset.json.")
+    labels: Input | None = Field(
+        None, description="CSV with a 'file' column and label columns to carry into dataset.json."
+    )
     label_column: str | None = Field(
         None, description="Which labels column becomes the dataset label (integer classes or floats); none: unlabelled."
     )
     resolution: int = Field(256, description="Output size in pixels: a power of two from 32 to 1024.")
     fallback: Literal["reject", "center_crop"] = Field(
-        "reject", description="What to do with an image without exactly one face: reject it, or take a centred square crop."
+        "reject",
+        description="What to do with an image without exactly one face: reject it, or take a centred square crop.",
     )
     background: Literal["none", "blur", "solid"] = Field(
         "none", description="Standardise the background outside the face: keep, blur, or fill with background_color."
     )
     background_color: tuple[int, int, int] = Field((128, 128, 128), description="RGB fill for background: solid.")
     blur_radius: float = Field(8.0, gt=0, le=200, description="Gaussian radius (output pixels) for background: blur.")
-    dedupe: bool = Field(True, description="Drop near-duplicate photos (perceptual hash), keeping the first by file name.")
-    dedupe_distance: int = Field(6, ge=0, le=32, description="Max Hamming distance of 64-bit pHashes counted as duplicates.")
+    dedupe: bool = Field(
+        True, description="Drop near-duplicate photos (perceptual hash), keeping the first by file name."
+    )
+    dedupe_distance: int = Field(
+        6, ge=0, le=32, description="Max Hamming distance of 64-bit pHashes counted as duplicates."
+    )
     max_image_pixels: int = Field(
         100_000_000, ge=1, description="Images with more pixels are rejected as decompression bombs."
     )
-    workers: int = Field(0, ge=0, le=256, description="Processes decoding and aligning images; 0 uses the stage's CPUs.")
+    workers: int = Field(
+        0, ge=0, le=256, description="Processes decoding and aligning images; 0 uses the stage's CPUs."
+    )
 
     outputs: ClassVar[dict[str, str]] = {
         "dataset": "dataset.zip",

@@ -87,7 +87,7 @@ class StageContext:
                 raise CleftGanError(f"stage {name!r} has no output {output!r}; it has {sorted(outs)}")
             key = outs[output]
         elif ref.startswith("store:"):
-            key = ref[len("store:"):]
+            key = ref[len("store:") :]
         else:
             return Path(ref)
         dest = self.scratch / "inputs" / key
@@ -98,7 +98,7 @@ class StageContext:
         found = False
         for info in self.store.list(key.rstrip("/") + "/"):
             found = True
-            target = dest / info.key[len(key.rstrip("/")) + 1:]
+            target = dest / info.key[len(key.rstrip("/")) + 1 :]
             if not target.exists():
                 self.store.get_file(info.key, target)
         if not found:

@@ -22,10 +22,18 @@ BASE = {
 }
 
 scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True),
-    st.text(max_size=20), st.sampled_from(["stage:faces", "stage:nope.x", "store:../x", "${X}", "${X:-1}", "$$", "${"]),
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True),
+    st.text(max_size=20),
+    st.sampled_from(["stage:faces", "stage:nope.x", "store:../x", "${X}", "${X:-1}", "$$", "${"]),
 )
-values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=8)
+values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=8,
+)
 
 
 def paths(d: object, prefix: tuple = ()) -> list[tuple]:
@@ -73,8 +81,35 @@ def test_mutated_specs(data: st.DataObject) -> None:
     check(yaml.safe_dump(spec, allow_unicode=True))
 
 
-tokens = st.sampled_from(["name:", "stages:", "kind:", " ", "\n", "  ", "- ", "[", "]", "{", "}", ",", ":", "&a", "*a",
-                          "!!python/object:os.system", "<<:", "'", '"', "#", "${X}", "preprocess", "demo_data", "64", "\t"])
+tokens = st.sampled_from(
+    [
+        "name:",
+        "stages:",
+        "kind:",
+        " ",
+        "\n",
+        "  ",
+        "- ",
+        "[",
+        "]",
+        "{",
+        "}",
+        ",",
+        ":",
+        "&a",
+        "*a",
+        "!!python/object:os.system",
+        "<<:",
+        "'",
+        '"',
+        "#",
+        "${X}",
+        "preprocess",
+        "demo_data",
+        "64",
+        "\t",
+    ]
+)
 
 
 @settings(max_examples=300, deadline=None)
@@ -85,8 +120,10 @@ def test_yaml_shaped_noise(parts: list[str]) -> None:
 
 def test_alias_bomb_is_refused_quickly() -> None:
     lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
-    lines += [f"a{i}: &a{i} [*a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}]"
-              for i in range(1, 9)]
+    lines += [
+        f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}]"
+        for i in range(1, 9)
+    ]
     try:
         parse_spec("\n".join(lines) + "\nname: demo\n", file="bomb.yaml")
     except SpecError as exc:

@@ -54,7 +54,9 @@ def test_yaml_syntax_error_names_line(tmp_path: Path) -> None:
 
 def test_unknown_key_suggests_the_close_one(tmp_path: Path) -> None:
     out = problems(tmp_path, GOOD.replace("    resolution: 64", "    resolutoin: 64"))
-    assert out == [f"{tmp_path / 'job.yaml'}:9:5: stages.dataset.resolutoin: unknown field 'resolutoin'; did you mean 'resolution'?"]
+    assert out == [
+        f"{tmp_path / 'job.yaml'}:9:5: stages.dataset.resolutoin: unknown field 'resolutoin'; did you mean 'resolution'?"
+    ]
 
 
 def test_unknown_top_level_key_lists_allowed(tmp_path: Path) -> None:
@@ -72,15 +74,19 @@ def test_wrong_type(tmp_path: Path) -> None:
 
 def test_out_of_range(tmp_path: Path) -> None:
     out = problems(tmp_path, GOOD.replace("resolution: 64", "resolution: 100"))
-    assert out == [f"{tmp_path / 'job.yaml'}:9:17: stages.dataset.resolution: resolution 100 is not a power of two from 32 to 1024"]
+    assert out == [
+        f"{tmp_path / 'job.yaml'}:9:17: stages.dataset.resolution: resolution 100 is not a power of two from 32 to 1024"
+    ]
     out = problems(tmp_path, GOOD.replace("count: 8", "count: 0"))
     assert "stages.faces.count: Input should be greater than or equal to 1 (got 0)" in out[0]
 
 
 def test_unknown_kind_lists_kinds(tmp_path: Path) -> None:
     out = problems(tmp_path, GOOD.replace("kind: demo_data", "kind: demo-data"))
-    assert out == [f"{tmp_path / 'job.yaml'}:4:11: stages.faces.kind: unknown stage kind 'demo-data'; "
-                   "expected one of: preprocess, demo_data"]
+    assert out == [
+        f"{tmp_path / 'job.yaml'}:4:11: stages.faces.kind: unknown stage kind 'demo-data'; "
+        "expected one of: preprocess, demo_data"
+    ]
 
 
 def test_missing_required_field(tmp_path: Path) -> None:
@@ -90,16 +96,21 @@ def test_missing_required_field(tmp_path: Path) -> None:
 
 def test_unknown_stage_in_needs_and_inputs(tmp_path: Path) -> None:
     text = GOOD.replace("    resolution: 64", "    resolution: 64\n    needs: [face]").replace(
-        "stage:faces.images", "stage:facez.images")
+        "stage:faces.images", "stage:facez.images"
+    )
     out = problems(tmp_path, text)
-    assert f"{tmp_path / 'job.yaml'}:8:13: stages.dataset.images: unknown stage 'facez'; did you mean 'faces'?" in out[0]
+    assert (
+        f"{tmp_path / 'job.yaml'}:8:13: stages.dataset.images: unknown stage 'facez'; did you mean 'faces'?" in out[0]
+    )
     assert ":10:13: stages.dataset.needs.0: unknown stage 'face'; did you mean 'faces'?" in out[1]
 
 
 def test_unknown_output(tmp_path: Path) -> None:
     out = problems(tmp_path, GOOD.replace("stage:faces.images", "stage:faces.pictures"))
-    assert out == [f"{tmp_path / 'job.yaml'}:8:13: stages.dataset.images: stage 'faces' has no output 'pictures'; "
-                   "expected one of: images, landmarks, labels"]
+    assert out == [
+        f"{tmp_path / 'job.yaml'}:8:13: stages.dataset.images: stage 'faces' has no output 'pictures'; "
+        "expected one of: images, landmarks, labels"
+    ]
 
 
 def test_needs_cycle(tmp_path: Path) -> None:
@@ -154,8 +165,10 @@ def test_interpolation(tmp_path: Path) -> None:
 
 def test_interpolation_of_unset_variable(tmp_path: Path) -> None:
     out = problems(tmp_path, GOOD.replace("resolution: 64", "resolution: ${RES}"))
-    assert out == [f"{tmp_path / 'job.yaml'}:9:17: stages.dataset.resolution: environment variable RES is not set; "
-                   "set it or write ${RES:-default}"]
+    assert out == [
+        f"{tmp_path / 'job.yaml'}:9:17: stages.dataset.resolution: environment variable RES is not set; "
+        "set it or write ${RES:-default}"
+    ]
 
 
 def test_quoted_interpolation_stays_a_string(tmp_path: Path) -> None:
