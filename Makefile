@@ -13,7 +13,7 @@ $(BIN)/python:
 # Installs torch first (the CPU wheel that lies on disk here), then the project.
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev,detect]"
 	touch $@
 
 venv: $(VENV)/.installed

@@ -86,7 +86,7 @@ class DatasetWriter:
         """Write dataset.json (labels in image order, or null) and publish the archive."""
         if labels is not None and len(labels) != len(self.names):
             raise DataError(f"{len(labels)} labels for {len(self.names)} images")
-        doc = {"labels": None if labels is None else [[n, _plain(v)] for n, v in zip(self.names, labels)]}
+        doc = {"labels": None if labels is None else [[n, _plain(v)] for n, v in zip(self.names, labels, strict=True)]}
         self._zip.writestr(_zipinfo("dataset.json"), json.dumps(doc, separators=(",", ":")).encode())
         self._zip.close()
         os.replace(self._tmp, self.path)
@@ -146,7 +146,8 @@ class Dataset:
         self.resolution = int(first.shape[0])
         self.channels = int(first.shape[2])
         if first.shape[0] != first.shape[1]:
-            raise DataError(f"dataset {self.path}: images must be square, {names[0]} is {first.shape[1]}x{first.shape[0]}")
+            h, w = first.shape[:2]
+            raise DataError(f"dataset {self.path}: images must be square, {names[0]} is {w}x{h}")
         self.labels = self._labels(meta.get("labels") if isinstance(meta, dict) else None)
 
     def _labels(self, raw: Any) -> np.ndarray | None:

@@ -13,6 +13,7 @@ our own limit right after ``Image.open`` (which reads only the header) and befor
 
 from __future__ import annotations
 
+import functools
 import io
 import struct
 import warnings
@@ -82,8 +83,9 @@ def decode_image(
 def _decode(data: bytes, max_pixels: int, background: tuple[int, int, int]) -> Decoded | Rejected:
     with warnings.catch_warnings():
         # Between Pillow's limit and twice it Pillow only warns; our own check below decides.
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        im = Image.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS))
+        # Its other warnings (corrupt EXIF, odd chunks) are noise for damaged files we handle.
+        warnings.simplefilter("ignore")
+        im = Image.open(io.BytesIO(data), formats=_formats())
     w, h = im.size
     if w <= 0 or h <= 0:
         return Rejected(f"invalid image size {w}x{h}")
@@ -94,7 +96,7 @@ def _decode(data: bytes, max_pixels: int, background: tuple[int, int, int]) -> D
     if getattr(im, "n_frames", 1) > 1:
         notes.append("multi-frame file: first frame used")
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        warnings.simplefilter("ignore")
         im.load()  # raises on truncated data (ImageFile.LOAD_TRUNCATED_IMAGES stays False)
         orientation = _orientation(im)
         try:
@@ -107,6 +109,14 @@ def _decode(data: bytes, max_pixels: int, background: tuple[int, int, int]) -> D
     rgb, conv = to_rgb8(im, background)
     notes.extend(conv)
     return Decoded(rgb, fmt, mode, (w, h), notes)
+
+
+@functools.lru_cache(maxsize=1)
+def _formats() -> list[str]:
+    # Image.open(formats=...) looks the names up in the plugin registry, which Pillow fills
+    # lazily: register every plugin once, then keep the allowed ones this build has.
+    Image.init()
+    return [f for f in ALLOWED_FORMATS if f in Image.OPEN]
 
 
 def _orientation(im: Image.Image) -> int | None:

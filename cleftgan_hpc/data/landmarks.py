@@ -54,7 +54,8 @@ def read_csv_rows(path: Path, required: tuple[str, ...], what: str) -> tuple[lis
         raise DataError(f"{what} CSV {path}: cannot read it: {exc}") from None
     missing = [c for c in ("file", *required) if c not in header]
     if missing:
-        raise DataError(f"{what} CSV {path}: missing column(s) {', '.join(missing)}; it has {', '.join(header) or 'none'}")
+        have = ", ".join(header) or "none"
+        raise DataError(f"{what} CSV {path}: missing column(s) {', '.join(missing)}; it has {have}")
     return header, rows
 
 
@@ -145,7 +146,7 @@ def detect_landmarks(image: Image.Image) -> np.ndarray | Rejected:
     faces: list[Any] = []
     for upsample in (0, 1):
         rects, scores, _ = detector.run(arr, upsample, 0.0)
-        faces = [r for r, s in zip(rects, scores) if s >= MIN_SCORE]
+        faces = [r for r, s in zip(rects, scores, strict=True) if s >= MIN_SCORE]
         if faces:
             break
     if len(faces) != 1:

@@ -32,7 +32,13 @@ def _local() -> Launcher:
     return LocalLauncher()
 
 
-BACKENDS: dict[str, Callable[[], Launcher]] = {"local": _local}
+def _slurm() -> Launcher:
+    from cleftgan_hpc.launch.slurm import SlurmLauncher  # imports submitit: only when asked for
+
+    return SlurmLauncher()
+
+
+BACKENDS: dict[str, Callable[[], Launcher]] = {"local": _local, "slurm": _slurm}
 
 
 def get_launcher(backend: str) -> Launcher:

@@ -122,7 +122,9 @@ class DiscriminatorEpilogue(nn.Module):
         super().__init__()
         self.in_channels, self.cmap_dim, self.resolution = in_channels, cmap_dim, resolution
         self.mbstd = MinibatchStdLayer(mbstd_group_size, mbstd_num_channels) if mbstd_num_channels > 0 else None
-        self.conv = Conv2dLayer(in_channels + mbstd_num_channels, in_channels, 3, activation=activation, conv_clamp=conv_clamp)
+        self.conv = Conv2dLayer(
+            in_channels + mbstd_num_channels, in_channels, 3, activation=activation, conv_clamp=conv_clamp
+        )
         self.fc = FullyConnectedLayer(in_channels * resolution**2, in_channels, activation=activation)
         self.out = FullyConnectedLayer(in_channels, 1 if cmap_dim == 0 else cmap_dim)
 
@@ -161,8 +163,10 @@ class Discriminator(nn.Module):
         super().__init__()
         if img_resolution < 8 or img_resolution & (img_resolution - 1):
             raise ValueError(f"img_resolution must be a power of two >= 8, got {img_resolution}")
-        block_kwargs, mapping_kwargs, epilogue_kwargs = dict(block_kwargs or {}), dict(mapping_kwargs or {}), dict(
-            epilogue_kwargs or {}
+        block_kwargs, mapping_kwargs, epilogue_kwargs = (
+            dict(block_kwargs or {}),
+            dict(mapping_kwargs or {}),
+            dict(epilogue_kwargs or {}),
         )
         self.init_kwargs: dict[str, Any] = dict(
             c_dim=c_dim, img_resolution=img_resolution, img_channels=img_channels, architecture=architecture,

@@ -52,5 +52,7 @@ class Generator(nn.Module):
         update_emas: bool = False,  # track w_avg / magnitude_ema (training)
         force_fp32: bool = False,  # never use low precision
     ) -> torch.Tensor:  # [N, img_channels, H, W]
-        ws = self.mapping(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff, update_emas=update_emas)
+        ws = self.mapping(
+            z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff, update_emas=update_emas
+        )
         return self.synthesis(ws, update_emas=update_emas, force_fp32=force_fp32)

@@ -84,7 +84,9 @@ class ConditionMapping(nn.Module):
         self.embed = FullyConnectedLayer(c_dim, embed_features)
         features = [embed_features] + [layer_features] * (num_layers - 1) + [cmap_dim]
         for idx in range(num_layers):
-            fc = FullyConnectedLayer(features[idx], features[idx + 1], activation=activation, lr_multiplier=lr_multiplier)
+            fc = FullyConnectedLayer(
+                features[idx], features[idx + 1], activation=activation, lr_multiplier=lr_multiplier
+            )
             setattr(self, f"fc{idx}", fc)
 
     def forward(self, c: torch.Tensor) -> torch.Tensor:  # [N, c_dim] -> [N, cmap_dim]

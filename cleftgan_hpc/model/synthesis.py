@@ -277,7 +277,7 @@ class SynthesisNetwork(nn.Module):
         x = self.input(ws_list[0])
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         x = x.contiguous(memory_format=fmt)
-        for name, w in zip(self.layer_names, ws_list[1:]):
+        for name, w in zip(self.layer_names, ws_list[1:], strict=True):
             layer = getattr(self, name)
             x = layer(x, w, update_emas=update_emas, force_fp32=force_fp32, low_dtype=self.low_dtype)
         if self.output_scale != 1:

@@ -6,10 +6,10 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from cleftgan_hpc.spec.models import NAME_RE, Resources, StoreConfig, Strict
+from cleftgan_hpc.spec.models import NAME_RE, Resources, SlurmConfig, StoreConfig, Strict
 from cleftgan_hpc.spec.stages import AnyStage
 
-Backend = Literal["local"]
+Backend = Literal["local", "slurm"]
 
 
 class JobSpec(Strict):
@@ -21,8 +21,17 @@ class JobSpec(Strict):
         validate_default=True,  # so the default resolves against the spec's directory too
         description="Where everything the job makes goes: a URL, or a mapping with url, endpoint_url, region, profile.",
     )
-    backend: Backend = Field("local", description="Where stages run. 'local': one process per stage on this machine.")
+    backend: Backend = Field(
+        "local",
+        description="Where stages run. 'local': one process per stage on this machine; "
+        "'slurm': one Slurm job per stage (arrays for synthesis), submitted through submitit.",
+    )
     resources: Resources = Field(default_factory=Resources, description="Default resources of every stage.")
+    slurm: SlurmConfig = Field(
+        {},  # type: ignore[assignment]
+        validate_default=True,  # so log_dir resolves against the spec's directory
+        description="Slurm settings: container, setup lines, array parallelism, default partition/account/qos.",
+    )
     stages: dict[str, AnyStage] = Field(description="Named stages, in any order; 'needs' and stage: inputs order them.")
 
     @field_validator("name")
@@ -40,4 +49,9 @@ class JobSpec(Strict):
         return v
 
     def resources_of(self, stage: str) -> Resources:
-        return self.stages[stage].resources or self.resources
+        """The job's resources with the fields the stage sets itself replaced (field by field,
+        so a stage asking for gpus keeps the job's partition and time)."""
+        own = self.stages[stage].resources
+        if own is None:
+            return self.resources
+        return self.resources.model_copy(update=own.model_dump(exclude_unset=True))

@@ -26,9 +26,16 @@ def _demo_data() -> StageFn:
     return run
 
 
+def _finetune() -> StageFn:
+    from cleftgan_hpc.stages.finetune import run
+
+    return run
+
+
 RUNNERS: dict[str, Callable[[], StageFn]] = {
     "preprocess": _preprocess,
     "demo_data": _demo_data,
+    "finetune": _finetune,
 }
 
 

@@ -27,6 +27,32 @@ from cleftgan_hpc.errors import StorageError
 CHUNK = 1 << 20  # 1 MiB: read size for hashing and copying
 
 
+def _current_umask() -> int:
+    try:  # Linux: readable without changing it (os.umask would race with other threads)
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp makes 0600 files; objects and downloads get the usual 0666 & ~umask instead, so a
+# store on a shared filesystem stays readable by the group (read once, at import)
+FILE_MODE = 0o666 & ~_current_umask()
+
+
+def make_temp_file(directory: str | Path, prefix: str, suffix: str = "") -> tuple[int, str]:
+    """mkstemp in ``directory`` with FILE_MODE permissions: (fd, path)."""
+    fd, name = tempfile.mkstemp(dir=directory, prefix=prefix, suffix=suffix)
+    with contextlib.suppress(OSError):
+        os.fchmod(fd, FILE_MODE)
+    return fd, name
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     """What the store knows about one object."""
@@ -47,6 +73,8 @@ def check_key(key: str) -> str:
     parts = key.split("/")
     if any(p in ("", ".", "..") for p in parts):
         raise StorageError(f"invalid object key {key!r}: empty, '.' or '..' parts are not allowed")
+    if any(ord(c) < 32 or ord(c) == 127 for c in key):
+        raise StorageError(f"invalid object key {key!r}: control characters are not allowed")
     return key
 
 
@@ -92,7 +120,7 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def copy_stream(src: BinaryIO, fd: int, *, what: str) -> tuple[str, int]:
+def copy_stream(src: BinaryIO, fd: int, *, what: str, fsync: bool = True) -> tuple[str, int]:
     """Copy ``src`` into the open file descriptor ``fd`` (closing it), fsync; return (sha256, size).
 
     Errors raised by ``src`` propagate unchanged; errors writing become StorageError naming ``what``.
@@ -109,7 +137,8 @@ def copy_stream(src: BinaryIO, fd: int, *, what: str) -> tuple[str, int]:
                 raise StorageError(f"cannot write {what}: {e.strerror or e}") from e
         try:
             out.flush()
-            os.fsync(out.fileno())
+            if fsync:
+                os.fsync(out.fileno())
         except OSError as e:
             raise StorageError(f"cannot write {what}: {e.strerror or e}") from e
     return h.hexdigest(), size
@@ -124,15 +153,13 @@ def write_file_atomically(src: BinaryIO, path: str | Path, *, expected_sha256: s
     dest = Path(path)
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+        fd, name = make_temp_file(dest.parent, prefix=f".{dest.name}.", suffix=".part")
     except OSError as e:
         raise StorageError(f"cannot write {dest}: {e.strerror or e}") from e
     try:
         sha, size = copy_stream(src, fd, what=str(dest))
         if expected_sha256 is not None and sha != expected_sha256:
-            raise StorageError(
-                f"corrupt download to {dest}: sha256 {sha} does not match the stored {expected_sha256}"
-            )
+            raise StorageError(f"corrupt download to {dest}: sha256 {sha} does not match the stored {expected_sha256}")
         os.replace(name, dest)
     except OSError as e:
         raise StorageError(f"cannot write {dest}: {e.strerror or e}") from e
@@ -189,7 +216,13 @@ class ObjectStore(ABC):
 
     @abstractmethod
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        """Every complete object whose key starts with ``prefix``, in key order, paginated lazily."""
+        """Every complete object whose key starts with ``prefix``, in key order, paginated lazily.
+
+        Key order is UTF-8 byte order (AWS S3, MinIO, the file store). SeaweedFS lists a
+        "directory" where its bare name sorts, so 'a/x' comes before 'a-c' there: sort the
+        keys yourself if that exact order matters. Items carry key, size and last_modified;
+        ``sha256`` and ``metadata`` need ``head()``.
+        """
 
     # -- deleting ------------------------------------------------------------------------
     @abstractmethod
@@ -202,6 +235,11 @@ class ObjectStore(ABC):
             self.delete(info.key)
             n += 1
         return n
+
+    def cleanup_incomplete(self, older_than_s: float = 24 * 3600) -> int:
+        """Remove leftovers of puts that died more than ``older_than_s`` ago (temp files, or
+        unfinished multipart uploads); return how many. Never touches complete objects."""
+        return 0
 
     # -- conveniences ----------------------------------------------------------------------
     def put_json(self, key: str, value: Any, *, if_absent: bool = False) -> ObjectInfo:

@@ -12,8 +12,12 @@ Atomicity: a put writes a temp file in ``.cleftgan/tmp`` (same filesystem), fsyn
 fails if the key exists, so exactly one concurrent creator wins). Readers therefore only ever
 see complete objects. The sidecar is written next to that step; because it records which
 inode it describes, a sidecar that does not match the object on disk (a crash between the two
-steps, concurrent overwrites, a copied store) is detected and the sha256 is recomputed from
-the bytes and the sidecar repaired. ``head`` is therefore always right, never stale.
+steps, concurrent overwrites, a copied store, a file edited by hand) is detected: the sha256
+is recomputed from the bytes and the sidecar rewritten (unless it is younger than a minute and
+may belong to a put in flight). ``head`` is therefore always right, never stale; user metadata
+of a version whose sidecar was lost is empty.
+
+Create-only puts need hard links (POSIX filesystems, NFS, Lustre, GPFS have them).
 
 Differences from S3 that come from being a file tree: a key cannot also be a "directory" of
 other keys (``a`` and ``a/b`` cannot coexist), and keys whose first part is ``.cleftgan``
@@ -27,7 +31,8 @@ import errno
 import hashlib
 import json
 import os
-import tempfile
+import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -41,11 +46,13 @@ from cleftgan_hpc.storage.base import (
     check_metadata,
     check_prefix,
     copy_stream,
+    make_temp_file,
     write_file_atomically,
 )
 
 HIDDEN = ".cleftgan"
 _MKDIR_RETRIES = 5
+_IN_FLIGHT_S = 60.0  # a mismatched sidecar younger than this may belong to a put in progress
 
 
 def _fsync_dir(path: Path) -> None:
@@ -59,6 +66,13 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def _stamp(st: os.stat_result) -> list[int]:
@@ -111,10 +125,10 @@ class LocalStore(ObjectStore):
     ) -> ObjectInfo:
         dest = self._path(key)
         meta = check_metadata(metadata)
-        if if_absent and dest.exists():  # cheap early exit; the link below is the real check
+        if if_absent and dest.is_file():  # cheap early exit; the link below is the real check
             raise ObjectExists(f"{self.uri(key)} already exists")
         try:
-            fd, name = tempfile.mkstemp(dir=self._tmp, prefix="put-")
+            fd, name = make_temp_file(self._tmp, prefix="put-")
         except OSError as e:
             raise StorageError(f"cannot write to {self.root}: {e.strerror or e}") from e
         tmp = Path(name)
@@ -124,7 +138,9 @@ class LocalStore(ObjectStore):
             record = {"sha256": sha, "size": st.st_size, "metadata": meta, "stamp": _stamp(st)}
             if if_absent:
                 self._place(key, tmp, dest, create_only=True)
-                self._write_meta(key, record)
+                # the object is ours now; should the sidecar fail, head() rebuilds it from the bytes
+                with contextlib.suppress(StorageError):
+                    self._write_meta(key, record)
             else:
                 # sidecar first, so a reader usually finds it when the object appears; the
                 # stamp check in head() covers the window and any concurrent overwrite
@@ -147,6 +163,9 @@ class LocalStore(ObjectStore):
                 _fsync_dir(dest.parent)
                 return
             except FileExistsError as e:
+                if create_only and _same_file(tmp, dest):
+                    _fsync_dir(dest.parent)
+                    return  # NFS: a retransmitted link that had succeeded reports EEXIST
                 if create_only and not dest.is_dir():
                     raise ObjectExists(f"{self.uri(key)} already exists") from e
                 raise StorageError(f"cannot put {self.uri(key)}: a key under {key}/ exists") from e
@@ -160,7 +179,7 @@ class LocalStore(ObjectStore):
                     "(a file store cannot hold both 'a' and 'a/b')"
                 ) from e
             except OSError as e:
-                if e.errno == errno.EPERM and create_only:
+                if create_only and e.errno in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV):
                     raise StorageError(
                         f"cannot put {self.uri(key)}: the filesystem does not support hard links, "
                         "which create-only puts need"
@@ -173,7 +192,7 @@ class LocalStore(ObjectStore):
         for attempt in range(_MKDIR_RETRIES):
             try:
                 mpath.parent.mkdir(parents=True, exist_ok=True)
-                fd, name = tempfile.mkstemp(dir=self._tmp, prefix="meta-")
+                fd, name = make_temp_file(self._tmp, prefix="meta-")
                 try:
                     with os.fdopen(fd, "wb") as out:
                         out.write(data)
@@ -195,13 +214,15 @@ class LocalStore(ObjectStore):
             except OSError as e:
                 raise StorageError(f"cannot write metadata of {self.uri(key)}: {e.strerror or e}") from e
 
-    def _read_meta(self, key: str) -> dict[str, object] | None:
+    def _read_meta(self, key: str) -> tuple[dict[str, object] | None, float]:
+        """(the sidecar's record or None, the sidecar file's mtime or 0)."""
         try:
             with open(self._meta_path(key), "rb") as f:
+                written = os.fstat(f.fileno()).st_mtime
                 rec = json.load(f)
         except (OSError, ValueError):
-            return None
-        return rec if isinstance(rec, dict) else None
+            return None, 0.0
+        return (rec, written) if isinstance(rec, dict) else (None, 0.0)
 
     # -- reading -------------------------------------------------------------------------
     def head(self, key: str) -> ObjectInfo | None:
@@ -212,9 +233,9 @@ class LocalStore(ObjectStore):
             return None
         except OSError as e:
             raise StorageError(f"cannot stat {self.uri(key)}: {e.strerror or e}") from e
-        if not os.path.isfile(path):
+        if not stat.S_ISREG(st.st_mode):
             return None
-        rec = self._read_meta(key)
+        rec, written = self._read_meta(key)
         if rec is not None and rec.get("stamp") == _stamp(st) and isinstance(rec.get("sha256"), str):
             meta = rec.get("metadata")
             return ObjectInfo(
@@ -224,10 +245,14 @@ class LocalStore(ObjectStore):
                 last_modified=st.st_mtime,
                 metadata=dict(meta) if isinstance(meta, dict) else {},
             )
-        return self._repair(key, path, rec)
+        # a sidecar written moments ago for another version belongs to a put in flight (it
+        # writes the sidecar, then moves the object in): hash, but leave the sidecar alone
+        in_flight = rec is not None and time.time() - written < _IN_FLIGHT_S
+        return self._repair(key, path, rec, rewrite=not in_flight)
 
-    def _repair(self, key: str, path: Path, rec: dict[str, object] | None) -> ObjectInfo | None:
-        """The sidecar is missing or describes another version: hash the bytes we can open."""
+    def _repair(self, key: str, path: Path, rec: dict[str, object] | None, *, rewrite: bool) -> ObjectInfo | None:
+        """The sidecar is missing or describes another version (a crash between the two steps
+        of a put, a file changed behind the store's back): hash the bytes, rewrite the sidecar."""
         try:
             f = open(path, "rb")  # noqa: SIM115 - closed below
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
@@ -244,7 +269,7 @@ class LocalStore(ObjectStore):
             meta = dict(rec["metadata"])  # type: ignore[arg-type]
         record = {"sha256": h.hexdigest(), "size": st.st_size, "metadata": meta, "stamp": _stamp(st)}
         with contextlib.suppress(StorageError, OSError):
-            if os.stat(path).st_ino == st.st_ino:  # still the version we hashed
+            if rewrite and os.stat(path).st_ino == st.st_ino:  # still the version we hashed
                 self._write_meta(key, record)
         return ObjectInfo(key=key, size=st.st_size, sha256=h.hexdigest(), last_modified=st.st_mtime, metadata=meta)
 
@@ -328,6 +353,21 @@ class LocalStore(ObjectStore):
             os.unlink(self._meta_path(key))
         self._prune(path.parent, self.root)
         self._prune(self._meta_path(key).parent, self._meta)
+
+    def cleanup_incomplete(self, older_than_s: float = 24 * 3600) -> int:
+        """Delete temp files of puts that died (a crash, a killed job) ``older_than_s`` ago."""
+        cutoff = time.time() - older_than_s
+        n = 0
+        try:
+            entries = list(os.scandir(self._tmp))
+        except OSError as e:
+            raise StorageError(f"cannot list {self._tmp}: {e.strerror or e}") from e
+        for e in entries:
+            with contextlib.suppress(OSError):
+                if e.stat(follow_symlinks=False).st_mtime < cutoff:
+                    os.unlink(e.path)
+                    n += 1
+        return n
 
     @staticmethod
     def _prune(directory: Path, stop: Path) -> None:

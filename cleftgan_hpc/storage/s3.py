@@ -45,6 +45,7 @@ from cleftgan_hpc.storage.base import (
     check_key,
     check_metadata,
     check_prefix,
+    copy_stream,
     sha256_file,
     write_file_atomically,
 )
@@ -95,7 +96,10 @@ class S3Store(ObjectStore):
             raise StorageError("an S3 store needs a bucket name")
         prefix = prefix.strip("/")
         if prefix:
-            check_key(prefix)
+            try:
+                check_key(prefix)
+            except StorageError:
+                raise StorageError(f"invalid prefix {prefix!r} in s3://{bucket}/{prefix}") from None
         self.bucket = bucket
         self.prefix = prefix
         self.url = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
@@ -109,6 +113,7 @@ class S3Store(ObjectStore):
         self.page_size = page_size
         self._bucket_checked = False
 
+        custom_endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         retries: dict[str, Any] = {"mode": "standard"}
         if max_attempts is not None:
             retries["total_max_attempts"] = max_attempts
@@ -120,7 +125,7 @@ class S3Store(ObjectStore):
             read_timeout=read_timeout,
             max_pool_connections=max(10, self.max_concurrency + 2),
             # S3-compatible servers on an IP or an internal host name need path-style URLs
-            s3={"addressing_style": "path"} if endpoint_url else None,
+            s3={"addressing_style": "path"} if custom_endpoint else None,
         )
         try:
             session = boto3.session.Session(profile_name=profile, region_name=region)
@@ -202,12 +207,19 @@ class S3Store(ObjectStore):
 
     @contextlib.contextmanager
     def _translating(self, action: str, key: str | None = None) -> Iterator[None]:
+        from boto3.exceptions import Boto3Error
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             yield
         except (BotoCoreError, ClientError) as e:
             self._fail(e, action, key)
+        except Boto3Error as e:
+            # s3transfer's S3UploadFailedError is raised while handling the real ClientError
+            cause = e.__cause__ or e.__context__
+            if isinstance(cause, (BotoCoreError, ClientError)):
+                self._fail(cause, action, key)
+            raise StorageError(f"S3 failure trying to {action} {self.uri(key) if key else self.url}: {e}") from e
 
     def _check_bucket(self) -> None:
         """Tell a missing bucket from a missing key (both are a bare 404 on HEAD)."""
@@ -282,19 +294,19 @@ class S3Store(ObjectStore):
                 h.update(data)
                 return self._put_small(key, full, data, h.hexdigest(), meta, if_absent)
             head += chunk
-        # large: spool to a temp file (hashing as we go), then upload it in parts
+        # large: spool to a temp file in $TMPDIR (hashing as we go), then upload it in parts;
+        # errors of the stream itself propagate unchanged, and nothing has been sent yet
         with tempfile.TemporaryDirectory(prefix="cleftgan-s3-") as tmpdir:
             spool = Path(tmpdir) / "spool"
-            with open(spool, "wb") as out:
-                h.update(head)
-                out.write(head)
-                size = len(head)
-                del head
-                while chunk := stream.read(CHUNK):
-                    h.update(chunk)
-                    out.write(chunk)
-                    size += len(chunk)
-            return self._put_path(key, full, spool, size, h.hexdigest(), meta, if_absent)
+            try:
+                fd = os.open(spool, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except OSError as e:
+                raise StorageError(f"cannot spool the upload of {self.uri(key)} to {tmpdir}: {e}") from e
+            sha, size = copy_stream(
+                cast(BinaryIO, _Prepend(bytes(head), stream)), fd, what=f"the spool file in {tmpdir}", fsync=False
+            )
+            del head
+            return self._put_path(key, full, spool, size, sha, meta, if_absent)
 
     def _s3_meta(self, sha: str, meta: dict[str, str]) -> dict[str, str]:
         return {**meta, "sha256": sha}
@@ -497,6 +509,40 @@ class S3Store(ObjectStore):
                     f"{first.get('Key')}: {first.get('Code')}: {first.get('Message')}"
                 )
         return len(keys)
+
+    def cleanup_incomplete(self, older_than_s: float = 24 * 3600) -> int:
+        """Abort multipart uploads under this store's prefix started ``older_than_s`` ago
+        (left by killed processes; they cost storage until aborted or expired by a lifecycle rule)."""
+        import datetime as dt
+
+        cutoff = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=older_than_s)
+        n = 0
+        with self._translating("clean up uploads under"):
+            paginator = self._client.get_paginator("list_multipart_uploads")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self._root()):
+                for up in page.get("Uploads", ()):
+                    initiated = up.get("Initiated")
+                    if initiated is not None and initiated.tzinfo is None:
+                        initiated = initiated.replace(tzinfo=dt.timezone.utc)
+                    if initiated is None or initiated < cutoff:
+                        self._client.abort_multipart_upload(Bucket=self.bucket, Key=up["Key"], UploadId=up["UploadId"])
+                        n += 1
+        return n
+
+
+class _Prepend:
+    """Read ``first``, then the rest of ``stream``."""
+
+    def __init__(self, first: bytes, stream: BinaryIO) -> None:
+        self._first: bytes | None = first
+        self._stream = stream
+
+    def read(self, n: int = -1) -> bytes:
+        if self._first is not None:
+            first, self._first = self._first, None
+            if first:
+                return first
+        return self._stream.read(n)
 
 
 class _BodyReader(io.RawIOBase):

@@ -154,7 +154,7 @@ def start_seaweedfs(workdir: str | Path, *, timeout: float = 60.0, weed: str | N
 
 
 def _start_weed_once(weed: str, data: Path, timeout: float) -> S3Server:
-    ports = dict(zip(_PORT_FLAGS, _free_ports(len(_PORT_FLAGS))))
+    ports = dict(zip(_PORT_FLAGS, _free_ports(len(_PORT_FLAGS)), strict=True))
     # unix sockets live in a short directory (108-byte path limit), not /tmp/seaweedfs-*.sock
     sockdir = Path(tempfile.mkdtemp(prefix="weed-"))
     args = [

@@ -9,6 +9,7 @@ import pytest
 
 from cleftgan_hpc.errors import SpecError
 from cleftgan_hpc.spec.load import load_spec, parse_spec
+from cleftgan_hpc.spec.stages import KINDS
 
 
 def write(tmp_path: Path, text: str, name: str = "job.yaml") -> Path:
@@ -61,7 +62,7 @@ def test_unknown_key_suggests_the_close_one(tmp_path: Path) -> None:
 
 def test_unknown_top_level_key_lists_allowed(tmp_path: Path) -> None:
     out = problems(tmp_path, GOOD + "colour: red\n")
-    assert out[0].endswith("colour: unknown field 'colour'; allowed: backend, name, resources, stages, store")
+    assert out[0].endswith("colour: unknown field 'colour'; allowed: backend, name, resources, slurm, stages, store")
     assert ":10:1:" in out[0]
 
 
@@ -85,7 +86,7 @@ def test_unknown_kind_lists_kinds(tmp_path: Path) -> None:
     out = problems(tmp_path, GOOD.replace("kind: demo_data", "kind: demo-data"))
     assert out == [
         f"{tmp_path / 'job.yaml'}:4:11: stages.faces.kind: unknown stage kind 'demo-data'; "
-        "expected one of: preprocess, demo_data"
+        f"expected one of: {', '.join(KINDS)}"
     ]
 
 
@@ -150,8 +151,8 @@ def test_store_errors(tmp_path: Path) -> None:
 
 
 def test_backends_not_yet_supported_are_refused(tmp_path: Path) -> None:
-    out = problems(tmp_path, GOOD.replace("name: demo", "name: demo\nbackend: slurm"))
-    assert "backend: Input should be 'local' (got 'slurm')" in out[0]
+    out = problems(tmp_path, GOOD.replace("name: demo", "name: demo\nbackend: ray"))
+    assert "backend: Input should be 'local' or 'slurm' (got 'ray')" in out[0]
 
 
 def test_interpolation(tmp_path: Path) -> None:

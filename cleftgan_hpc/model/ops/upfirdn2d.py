@@ -47,10 +47,13 @@ def fir_axis(
         # padded, filtered signal at n - (k - 1 - pad0).
         h = f if not flip_filter else f.flip(0)
         stride = (up, 1) if dim == 2 else (1, up)
-        y = F.conv_transpose2d(x, _depthwise(h, c, dim, x.dtype), stride=stride, groups=c)
         out_len = length * up + pad0 + pad1 - k + 1
-        start = k - 1 - pad0
-        y = _pad_axis(y, dim, -start, start + out_len - y.shape[dim])
+        start = k - 1 - pad0  # crop this much at the start of the full transposed-conv output ...
+        end = (length - 1) * up + k - start - out_len  # ... and this much at its end
+        crop = max(0, min(start, end))  # the transposed conv crops symmetric amounts itself (no copy)
+        padding = (crop, 0) if dim == 2 else (0, crop)
+        y = F.conv_transpose2d(x, _depthwise(h, c, dim, x.dtype), stride=stride, padding=padding, groups=c)
+        y = _pad_axis(y, dim, crop - start, crop - end)
         if down > 1:
             y = y[:, :, ::down] if dim == 2 else y[:, :, :, ::down]
         return y

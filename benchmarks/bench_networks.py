@@ -1,0 +1,139 @@
+"""Speed of our StyleGAN3 networks on this machine: fast ops vs the plain (reference-style) ops.
+
+    .venv/bin/python benchmarks/bench_networks.py [--configs fixture,256] [--batch 8] [--repeats 3]
+
+For each configuration: generator forward images/s at the given batch, and full training
+steps/s (G forward/backward through D, D forward/backward on reals and fakes, with the R1
+penalty, i.e. double backward through D), each with the fast ops and with the plain ops in
+the same run. GFLOP/s counts the convolution/matmul FLOPs of the fast path (torch's
+FlopCounterMode), so both columns divide the same useful work by their time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from cleftgan_hpc.model import Discriminator, Generator, ops
+
+CONFIGS: dict[str, dict] = {
+    # The parity fixture's configuration (64x64).
+    "fixture": dict(z_dim=64, w_dim=64, img_resolution=64, channel_base=2048, channel_max=64),
+    # A 256x256 configuration.
+    "256": dict(z_dim=128, w_dim=128, img_resolution=256, channel_base=8192, channel_max=128),
+}
+REFERENCE_IMG_PER_S = {"fixture": 3.1, "256": 0.22}  # the reference implementation's CPU path, batch 8
+
+
+def build(name: str) -> tuple[Generator, Discriminator]:
+    cfg = dict(CONFIGS[name])
+    torch.manual_seed(0)
+    g = Generator(c_dim=0, img_channels=3, **cfg)
+    d = Discriminator(
+        c_dim=0, img_resolution=cfg["img_resolution"], img_channels=3, channel_base=cfg["channel_base"],
+        channel_max=cfg["channel_max"],
+    )  # fmt: skip
+    return g, d
+
+
+def timed(fn: Callable[[], object], repeats: int) -> float:
+    """Best-of-`repeats` seconds of fn() after one warm-up call."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def train_step(g: Generator, d: Discriminator, batch: int) -> None:
+    """One G step and one D step with R1 (non-saturating logistic loss), gradients only (no optimiser)."""
+    z = torch.randn(batch, g.z_dim)
+    g.zero_grad(set_to_none=True)
+    d.zero_grad(set_to_none=True)
+    fake = g(z, None, update_emas=True)
+    F.softplus(-d(fake, None)).mean().backward()
+    # A non-leaf input (FlopCounterMode's hooks cannot handle autograd.grad w.r.t. a leaf).
+    real = torch.randn(batch, 3, g.img_resolution, g.img_resolution).requires_grad_(True) * 1.0
+    logits_fake = d(fake.detach(), None)
+    logits_real = d(real, None)
+    (grad,) = torch.autograd.grad(logits_real.sum(), real, create_graph=True)
+    r1 = grad.square().sum(dim=[1, 2, 3]).mean() * (1.0 / 2)
+    (F.softplus(logits_fake).mean() + F.softplus(-logits_real).mean() + r1).backward()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--configs", default="fixture,256", help="comma-separated: " + ",".join(CONFIGS))
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--no-train", action="store_true", help="skip the training-step measurement")
+    ap.add_argument("--no-plain", action="store_true", help="skip the plain-ops measurements (slow)")
+    args = ap.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}")
+    for name in args.configs.split(","):
+        bench_config(name, args)
+
+
+def bench_config(name: str, args: argparse.Namespace) -> None:
+    """Measure and print one configuration."""
+    g, d = build(name)
+    g.eval()
+    z = torch.randn(args.batch, g.z_dim)
+
+    def forward() -> None:
+        with torch.no_grad():
+            g(z, None)
+
+    fwd_flops = count_flops(forward)
+    rows: list[tuple[str, float, float]] = []  # (what, fast s, plain s)
+    fast = timed(forward, args.repeats)
+    plain = float("nan")
+    if not args.no_plain:
+        with ops.plain_ops():
+            plain = timed(forward, max(1, args.repeats - 1))
+    rows.append(("G forward", fast, plain))
+    train_flops = 0
+    if not args.no_train:
+        g.train(), d.train()
+        train_flops = count_flops(lambda: train_step(g, d, args.batch))
+        fast_t = timed(lambda: train_step(g, d, args.batch), max(1, args.repeats - 1))
+        plain_t = float("nan")
+        if not args.no_plain:
+            with ops.plain_ops():
+                plain_t = timed(lambda: train_step(g, d, args.batch), 1)
+        rows.append(("train step", fast_t, plain_t))
+    print(f"\n== {name}: {CONFIGS[name]}")
+    print(f"   G {sum(p.numel() for p in g.parameters()) / 1e6:.2f}M params, "
+          f"D {sum(p.numel() for p in d.parameters()) / 1e6:.2f}M params")  # fmt: skip
+    for what, f_s, p_s in rows:
+        flops = fwd_flops if what == "G forward" else train_flops
+        if what == "G forward":
+            f_rate, p_rate, unit = args.batch / f_s, args.batch / p_s, "img/s"
+        else:
+            f_rate, p_rate, unit = 1 / f_s, 1 / p_s, "steps/s"
+        line = (
+            f"   {what:10s}  fast {f_rate:8.2f} {unit} ({flops / f_s / 1e9:6.1f} GFLOP/s)"
+            f" | plain {p_rate:8.2f} {unit} ({flops / p_s / 1e9:6.1f} GFLOP/s) | fast/plain {p_s / f_s:5.1f}x"
+        )
+        if what == "G forward" and name in REFERENCE_IMG_PER_S:
+            line += f" | vs reference CPU path ({REFERENCE_IMG_PER_S[name]} img/s): "
+            line += f"{f_rate / REFERENCE_IMG_PER_S[name]:.1f}x"
+        print(line)
+    print(f"   work: G forward {fwd_flops / args.batch / 1e9:.2f} GFLOP/img; train step {train_flops / 1e9:.1f} GFLOP")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+"""load_network: one entry point for official pickles and our own network files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import NetworkFormatError
+from .checkpoint import Network, load_checkpoint
+from .official_pickle import read_official_pickle
+
+
+def load_network(path: str | os.PathLike[str]) -> Network:
+    """Load an official StyleGAN3 pickle (safely: nothing in it is executed) or our network file.
+
+    Returns a Network with .G, .D, .G_ema (our modules, eval mode; None when absent),
+    .augment_p and .training_set_kwargs (None when absent).
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+            f.seek(0)
+            if head[:1] == b"\x80":
+                net = Network(**read_official_pickle(f))
+                if net.G_ema is not None:
+                    net.G_ema.requires_grad_(False)
+                return net
+    except OSError as e:
+        raise NetworkFormatError(f"cannot open network file {path}: {e.strerror or e}") from e
+    if len(head) >= 9 and head[8:9] == b"{":
+        return load_checkpoint(path)
+    raise NetworkFormatError(f"{path}: neither a StyleGAN3 pickle nor a cleftgan-hpc network file")

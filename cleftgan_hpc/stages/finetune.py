@@ -1,0 +1,206 @@
+"""The finetune stage: transfer-learn a StyleGAN3 network to a small dataset with ADA.
+
+Resumes from the stage's own latest checkpoint in the store whenever one exists, so a
+requeued Slurm job or a re-run after a crash continues where it stopped. On SIGTERM/SIGUSR2
+it finishes the step, checkpoints, and exits 75 (requeue me).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from cleftgan_hpc.data.dataset import open_dataset
+from cleftgan_hpc.errors import CleftGanError
+from cleftgan_hpc.spec.stages import FinetuneStage
+from cleftgan_hpc.stages.context import StageContext, StopRequested
+from cleftgan_hpc.training import distributed
+from cleftgan_hpc.training.loop import (
+    Networks,
+    Ticker,
+    TrainData,
+    Trainer,
+    copy_networks,
+    snapshot_due,
+    total_steps,
+)
+from cleftgan_hpc.training.snapshot import curves_png, sample_grid
+from cleftgan_hpc.training.state import CheckpointStore, stats_jsonl
+
+
+def load_data(cfg: FinetuneStage, ctx: StageContext) -> tuple[TrainData, dict[str, Any]]:
+    path = ctx.fetch(cfg.dataset)
+    ds = open_dataset(path)
+    images = torch.from_numpy(ds.array("NCHW").copy())  # [N, C, H, W] uint8
+    labels = None
+    if cfg.conditional:
+        if ds.labels is None:
+            raise CleftGanError(f"conditional: true, but the dataset {cfg.dataset} has no labels (dataset.json)")
+        if ds.labels.dtype.kind in "iu":
+            if ds.labels.min() < 0:
+                raise CleftGanError("integer dataset labels must be class indices >= 0")
+            labels = torch.nn.functional.one_hot(torch.from_numpy(ds.labels), int(ds.labels.max()) + 1).float()
+        else:
+            labels = torch.from_numpy(ds.labels.reshape(len(ds), -1)).float()
+    kwargs = {"path": cfg.dataset, "resolution": ds.resolution, "max_size": len(ds), "use_labels": cfg.conditional,
+              "xflip": cfg.mirror}
+    ctx.log.info(f"dataset {path.name}: {len(ds)} images at {ds.resolution}x{ds.resolution}, "
+                 f"{'labels ' + str(tuple(labels.shape[1:])) if labels is not None else 'no labels'}, "
+                 f"mirror {'on' if cfg.mirror else 'off'}")
+    return TrainData(images, labels, cfg.mirror), kwargs
+
+
+def build_networks(cfg: FinetuneStage, ctx: StageContext, data: TrainData, device: torch.device) -> Networks:
+    from cleftgan_hpc.model import Discriminator, Generator, load_network
+
+    res, channels = data.images.shape[-1], data.images.shape[1]
+    c_dim = data.labels.shape[1] if data.labels is not None else 0
+    fp16_res = 4 if device.type == "cuda" and cfg.precision in ("auto", "fp16", "bf16") else 0
+    low = "bfloat16" if cfg.precision == "bf16" else "float16"
+    if cfg.network == "random":
+        r = cfg.random_network
+        is_r = cfg.cfg == "stylegan3-r"
+        mult = 2 if is_r else 1
+        torch.manual_seed(cfg.seed)  # the initial weights are part of the run's seed
+        G = Generator(
+            r.z_dim, c_dim, r.w_dim, res, channels, mapping_kwargs={"num_layers": r.mapping_layers},
+            channel_base=r.channel_base * mult, channel_max=r.channel_max * mult, num_fp16_res=fp16_res,
+            low_precision_dtype=low, conv_kernel=1 if is_r else 3, use_radial_filters=is_r,
+            magnitude_ema_beta=0.5 ** (cfg.batch / 20000),
+        )
+        D = Discriminator(c_dim, res, channels, channel_base=r.channel_base, channel_max=r.channel_max,
+                          num_fp16_res=fp16_res, low_precision_dtype=low)
+        nets = copy_networks(G, D, None)
+    else:
+        net = load_network(ctx.fetch(cfg.network))
+        if net.G is None or net.D is None:
+            raise CleftGanError(f"{cfg.network}: fine-tuning needs G and D; this file holds "
+                                f"{[k for k in ('G', 'D', 'G_ema') if getattr(net, k) is not None]}")
+        G, D = net.G, net.D
+        if G.img_resolution != res or G.img_channels != channels:
+            raise CleftGanError(
+                f"the network makes {G.img_resolution}x{G.img_resolution}x{G.img_channels} images but the dataset "
+                f"holds {res}x{res}x{channels}: preprocess to resolution {G.img_resolution}")
+        if G.c_dim != c_dim:
+            raise CleftGanError(f"the network expects labels of width {G.c_dim}, the dataset gives {c_dim} "
+                                "(set conditional to match the network)")
+        nets = copy_networks(G, D, net.G_ema)
+    for m in (nets.G, nets.D, nets.G_ema):
+        m.to(device)
+    return nets
+
+
+def make_augment(cfg: FinetuneStage, device: torch.device) -> Any:
+    if cfg.augment == "none":
+        return None
+    from cleftgan_hpc.training.augment import AugmentConfig, AugmentPipe
+
+    spec = cfg.augment if isinstance(cfg.augment, str) else [(op.op, op.weight) for op in cfg.augment]
+    return AugmentPipe(AugmentConfig.from_spec(spec), p=cfg.augment_p or 0.0).to(device)
+
+
+def run(cfg: FinetuneStage, ctx: StageContext) -> dict[str, str]:
+    d = distributed.detect()
+    device = torch.device(f"cuda:{d.local_rank}" if ctx.device == "cuda" else "cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True
+    distributed.init(d, device)
+    try:
+        return _train(cfg, ctx, d, device)
+    finally:
+        distributed.shutdown()
+
+
+def _train(cfg: FinetuneStage, ctx: StageContext, d: distributed.DistEnv, device: torch.device) -> dict[str, str]:
+    log = ctx.log.info if d.is_main else (lambda _msg: None)
+    data, set_kwargs = load_data(cfg, ctx)
+    nets = build_networks(cfg, ctx, data, device)
+    trainer = Trainer(cfg, nets, data, make_augment(cfg, device), device, d, log)
+    ckpts = CheckpointStore(ctx.store, ctx.key("checkpoints"), cfg.keep_checkpoints, ctx.scratch / "checkpoints")
+    state = ckpts.load_latest()
+    if state is not None:
+        trainer.load_state(state)
+        log(f"resumed from step {trainer.progress.step} (kimg {trainer.progress.cur_nimg / 1000:.2f})")
+    else:
+        for m in (nets.G, nets.D, nets.G_ema):
+            distributed.broadcast_module(m, d.world_size)
+    prog = trainer.progress
+    steps = total_steps(cfg)
+    total_nimg = steps * cfg.batch
+    log(f"training {cfg.kimg:g} kimg = {steps} steps of batch {cfg.batch} on {d.world_size} x {device.type}, "
+        f"{trainer.rounds} round(s) of {trainer.per_round} per process")
+    ticker = Ticker(total_nimg, log)
+    metrics_history: list[dict[str, float]] = list(state.get("metrics", [])) if state else []
+    window: dict[str, list[float]] = {}
+    tick_nimg = max(cfg.batch, int(min(4000, total_nimg / 100)))
+
+    def checkpoint() -> None:
+        if d.is_main:
+            payload = trainer.state()
+            payload["metrics"] = metrics_history
+            ckpts.save(payload, prog.step, prog.best_key, ctx.log)
+
+    t_attempt = time.monotonic()
+    while prog.step < steps:
+        prev = prog.cur_nimg
+        stats = trainer.step()
+        for k, v in stats.items():
+            window.setdefault(k, []).append(v)
+        if math.floor(prog.cur_nimg / tick_nimg) > math.floor(prev / tick_nimg) or prog.step == steps:
+            rec = {k: float(np.mean(v)) for k, v in window.items()}
+            rec["kimg"] = prog.cur_nimg / 1000
+            prog.stats.append(rec)
+            window.clear()
+        ticker.maybe(prog.cur_nimg, stats, force=prog.step == steps)
+        prog.train_seconds += time.monotonic() - t_attempt
+        t_attempt = time.monotonic()
+        checkpointed = False
+        if snapshot_due(cfg, prev, prog.cur_nimg) or prog.step == steps:
+            snapshot(cfg, ctx, trainer, metrics_history, device, d)
+            checkpoint()
+            checkpointed = True
+        if prog.step < steps and _stop_requested(ctx, d):
+            if not checkpointed:
+                checkpoint()
+            raise StopRequested(f"at step {prog.step} (kimg {prog.cur_nimg / 1000:.2f})")
+
+    outputs = {name: ctx.key(fname) for name, fname in FinetuneStage.outputs.items()}
+    if d.is_main:
+        export_network(cfg, ctx, nets, prog.ada_p, set_kwargs, outputs["network"])
+    return outputs
+
+
+def _stop_requested(ctx: StageContext, d: distributed.DistEnv) -> bool:
+    flag = torch.tensor([1.0 if ctx.should_stop() else 0.0])
+    return bool(distributed.all_sum(flag, d.world_size).item() > 0)
+
+
+def snapshot(cfg: FinetuneStage, ctx: StageContext, trainer: Trainer, metrics_history: list[dict[str, float]],
+             device: torch.device, d: distributed.DistEnv) -> None:
+    prog = trainer.progress
+    kimg = prog.cur_nimg / 1000
+    if not d.is_main:
+        return
+    tag = f"{prog.cur_nimg:09d}"  # images shown
+    ctx.store.put_bytes(ctx.key("samples", f"grid-{tag}.png"), sample_grid(trainer.nets.G_ema, cfg.grid_seeds, device))
+    ctx.store.put_text(ctx.key("stats.jsonl"), stats_jsonl(prog.stats))
+    ctx.store.put_bytes(ctx.key("curves.png"), curves_png(prog.stats, metrics_history))
+    ctx.log.info(f"snapshot at kimg {kimg:.2f}: samples/grid-{tag}.png, stats.jsonl, curves.png")
+
+
+def export_network(cfg: FinetuneStage, ctx: StageContext, nets: Networks, augment_p: float,
+                   set_kwargs: dict[str, Any], key: str) -> None:
+    from cleftgan_hpc.model import Network, save_checkpoint
+
+    path = ctx.scratch / "network.safetensors"
+    net = Network(nets.G, nets.D, nets.G_ema, augment_p, set_kwargs,
+                  extra={"stage": ctx.stage, "run": ctx.run_id, "kimg": cfg.kimg, "config": json.loads(cfg.model_dump_json())})
+    save_checkpoint(net, path)
+    ctx.store.put_file(key, path)
+    ctx.log.info(f"network -> {ctx.store.uri(key)}")

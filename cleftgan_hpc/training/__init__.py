@@ -1,0 +1,1 @@
+"""Training: the fine-tune stage's loop, losses, ADA and checkpoints."""

@@ -1,0 +1,307 @@
+"""The fine-tune training loop, in named blocks: setup, resume, step, snapshot.
+
+Exactness: every random draw comes from a generator seeded by (seed, step, purpose[, rank,
+round]), real images are drawn from an epoch permutation seeded by (seed, epoch), and the
+checkpoint holds every optimiser and network state, so a run stopped at any step and resumed
+ends with the same weights as one that never stopped. The global batch is drawn once and
+sliced per process, so N processes see the same samples as one process accumulating N rounds.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from cleftgan_hpc.errors import CleftGanError
+from cleftgan_hpc.spec.stages import FinetuneStage
+from cleftgan_hpc.training import distributed
+from cleftgan_hpc.training.loss import Loss
+from cleftgan_hpc.training.state import CheckpointStore, Progress, progress_from_dict, progress_to_dict
+
+G_REG_INTERVAL = 4  # StyleGAN3 enables lazy regularisation for G (with no G penalty): its Adam is scaled by 4/5
+D_REG_INTERVAL = 16  # lazy R1 every 16 D steps
+
+
+class TrainingDiverged(CleftGanError):
+    """A loss became NaN or Inf; the last good checkpoint is intact."""
+
+
+class StopTraining(Exception):  # noqa: N818 - control flow, not an error
+    """The stage was asked to stop; the checkpoint is written."""
+
+
+def derive_seed(*parts: int | str) -> int:
+    """A 63-bit seed from any tuple of ints and names (stable across runs and machines)."""
+    h = hashlib.sha256(repr(parts).encode()).digest()
+    return int.from_bytes(h[:8], "little") & (2**63 - 1)
+
+
+def generator(*parts: int | str) -> torch.Generator:
+    return torch.Generator().manual_seed(derive_seed(*parts))
+
+
+@dataclass
+class Networks:
+    G: torch.nn.Module
+    D: torch.nn.Module
+    G_ema: torch.nn.Module
+
+
+@dataclass
+class TrainData:
+    """The training set in memory as uint8, with x-flip mirroring and labels."""
+
+    images: torch.Tensor  # [N, C, H, W] uint8
+    labels: torch.Tensor | None  # [N, c_dim] float32, or None
+    mirror: bool
+
+    def __len__(self) -> int:
+        return self.images.shape[0] * (2 if self.mirror else 1)
+
+    def indices(self, seed: int, start: int, count: int) -> np.ndarray:
+        """Dataset indices of global samples start..start+count: one seeded permutation per epoch."""
+        n = len(self)
+        out = np.empty(count, dtype=np.int64)
+        for i in range(count):
+            epoch, pos = divmod(start + i, n)
+            if pos == 0 or i == 0:
+                perm = np.random.RandomState(derive_seed("epoch", seed, epoch) % 2**32).permutation(n)
+            out[i] = perm[pos]
+        return out
+
+    def batch(self, idx: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+        n = self.images.shape[0]
+        flip = torch.from_numpy(idx >= n)
+        base = torch.from_numpy(idx % n)
+        img = self.images[base].to(device=device, dtype=torch.float32) / 127.5 - 1  # [B, C, H, W] in [-1, 1]
+        if flip.any():
+            img[flip.to(device)] = img[flip.to(device)].flip(-1)
+        c = self.labels[base].to(device) if self.labels is not None else None
+        return img, c
+
+
+def adam(params: list[torch.nn.Parameter], lr: float, reg_interval: int) -> torch.optim.Adam:
+    """Adam with the reference's betas (0, 0.99) and eps, scaled for lazy regularisation."""
+    ratio = reg_interval / (reg_interval + 1)
+    return torch.optim.Adam(params, lr=lr * ratio, betas=(0.0, 0.99**ratio), eps=1e-8)
+
+
+def freeze_discriminator(D: torch.nn.Module, n: int) -> None:
+    """Freeze-D: the first n layers (fromrgb, conv0, conv1, skip of each block, highest resolution first)."""
+    idx = 0
+    for res in sorted((int(k[1:]) for k, _ in D.named_children() if k[0] == "b" and k[1:].isdigit()), reverse=True):
+        block = getattr(D, f"b{res}")
+        for name in ("fromrgb", "conv0", "conv1", "skip"):
+            layer = getattr(block, name, None)
+            if layer is not None:
+                layer.requires_grad_(idx >= n)
+                idx += 1
+
+
+def ema_beta(cfg: FinetuneStage, cur_nimg: int) -> float:
+    ema_nimg = (cfg.ema_kimg if cfg.ema_kimg is not None else cfg.batch * 10 / 32) * 1000
+    if cfg.ema_rampup is not None:
+        ema_nimg = min(ema_nimg, cur_nimg * cfg.ema_rampup)
+    return 0.5 ** (cfg.batch / max(ema_nimg, 1e-8))
+
+
+@torch.no_grad()
+def update_ema(G: torch.nn.Module, G_ema: torch.nn.Module, beta: float) -> None:
+    for p_ema, p in zip(G_ema.parameters(), G.parameters(), strict=True):
+        p_ema.copy_(p.detach().lerp(p_ema, beta))
+    for b_ema, b in zip(G_ema.buffers(), G.buffers(), strict=True):
+        b_ema.copy_(b)
+
+
+@dataclass
+class Trainer:
+    """One training run: networks, optimisers, augmentation and counters."""
+
+    cfg: FinetuneStage
+    nets: Networks
+    data: TrainData
+    augment: Callable | None  # (images, generator) -> images, with a settable .p
+    device: torch.device
+    dist_env: distributed.DistEnv
+    log: Callable[[str], None]
+
+    def __post_init__(self) -> None:
+        cfg = self.cfg
+        freeze_discriminator(self.nets.D, cfg.freeze_d)
+        self.g_params = [p for p in self.nets.G.parameters() if p.requires_grad]
+        self.d_params = [p for p in self.nets.D.parameters() if p.requires_grad]
+        self.opt_G = adam(self.g_params, cfg.glr, G_REG_INTERVAL)
+        self.opt_D = adam(self.d_params, cfg.dlr, D_REG_INTERVAL)
+        self.loss = Loss(self.nets.G, self.nets.D, self.augment, cfg.gamma)
+        self.progress = Progress(ada_p=cfg.augment_p or 0.0)
+        procs = self.dist_env.world_size
+        self.per_proc = cfg.batch // procs
+        self.per_round = cfg.batch_per_gpu or self.per_proc
+        self.rounds = self.per_proc // self.per_round
+        self.blur_init = 10.0 if cfg.cfg == "stylegan3-r" else 0.0
+        self.blur_fade_kimg = cfg.batch * 200 / 32
+
+    # -- resume --------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {
+            "G": self.nets.G.state_dict(), "D": self.nets.D.state_dict(), "G_ema": self.nets.G_ema.state_dict(),
+            "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(),
+            "progress": progress_to_dict(self.progress),
+        }
+
+    def load_state(self, state: dict) -> None:
+        self.nets.G.load_state_dict(state["G"])
+        self.nets.D.load_state_dict(state["D"])
+        self.nets.G_ema.load_state_dict(state["G_ema"])
+        self.opt_G.load_state_dict(state["opt_G"])
+        self.opt_D.load_state_dict(state["opt_D"])
+        self.progress = progress_from_dict(state["progress"])
+
+    # -- one batch -------------------------------------------------------------------------
+    def step(self) -> dict[str, float]:
+        cfg, prog, dev = self.cfg, self.progress, self.device
+        G, D = self.nets.G, self.nets.D
+        step, rank = prog.step, self.dist_env.rank
+        if self.augment is not None:
+            self.augment.p = prog.ada_p
+        self.loss.augment = self.augment if prog.ada_p > 0 else None  # p = 0: D sees the images untouched
+        self.loss.blur_sigma = (
+            max(1 - prog.cur_nimg / (self.blur_fade_kimg * 1e3), 0) * self.blur_init if self.blur_fade_kimg > 0 else 0
+        )
+
+        # The global batch, drawn once: every process takes its slice.
+        g = generator("batch", cfg.seed, step)
+        z_all = torch.randn([2, cfg.batch, G.z_dim], generator=g)  # [phase, B, z_dim]: G phase, D phase
+        gen_c_idx = torch.randint(0, max(len(self.data), 1), [2, cfg.batch], generator=g).numpy()
+        real_idx = self.data.indices(cfg.seed, prog.cur_nimg, cfg.batch)
+        lo = rank * self.per_proc
+        stats: dict[str, torch.Tensor] = {}
+
+        def add(d: dict[str, torch.Tensor]) -> None:
+            for k, v in d.items():
+                stats[k] = stats.get(k, 0) + v.float().cpu() / self.rounds
+
+        def gen_c(phase: int, sl: slice) -> torch.Tensor | None:
+            if self.data.labels is None:
+                return None
+            return self.data.labels[gen_c_idx[phase][sl] % self.data.images.shape[0]].to(dev)
+
+        def aug_gen(phase: str, r: int) -> torch.Generator:
+            return generator("augment", cfg.seed, step, phase, rank, r)
+
+        # G main.
+        for p in self.d_params:
+            p.requires_grad_(False)
+        self.opt_G.zero_grad(set_to_none=True)
+        for r in range(self.rounds):
+            sl = slice(lo + r * self.per_round, lo + (r + 1) * self.per_round)
+            loss, s = self.loss.g_main(z_all[0, sl].to(dev), gen_c(0, sl), aug_gen("G", r))
+            self._check(loss, "G")
+            (loss / self.rounds).backward()
+            add(s)
+        for p in self.d_params:
+            p.requires_grad_(True)
+        self._opt_step(self.opt_G, self.g_params)
+
+        # D main, and R1 every D_REG_INTERVAL batches (a separate optimiser step, as the reference).
+        self.opt_D.zero_grad(set_to_none=True)
+        for r in range(self.rounds):
+            sl = slice(lo + r * self.per_round, lo + (r + 1) * self.per_round)
+            real, real_c = self.data.batch(real_idx[sl], dev)
+            loss, s = self.loss.d_main(real, real_c, z_all[1, sl].to(dev), gen_c(1, sl), aug_gen("D", r))
+            self._check(loss, "D")
+            (loss / self.rounds).backward()
+            add(s)
+        self._opt_step(self.opt_D, self.d_params)
+        if step % D_REG_INTERVAL == 0 and cfg.gamma > 0:
+            self.opt_D.zero_grad(set_to_none=True)
+            for r in range(self.rounds):
+                sl = slice(lo + r * self.per_round, lo + (r + 1) * self.per_round)
+                real, real_c = self.data.batch(real_idx[sl], dev)
+                loss, s = self.loss.d_reg(real, real_c, aug_gen("R1", r), D_REG_INTERVAL)
+                self._check(loss, "R1")
+                (loss / self.rounds).backward()
+                add(s)
+            self._opt_step(self.opt_D, self.d_params)
+
+        # G_ema, ADA, counters.
+        update_ema(G, self.nets.G_ema, ema_beta(cfg, prog.cur_nimg))
+        n = self.dist_env.world_size
+        signs = distributed.all_sum(torch.stack([stats["signs_real"] * self.rounds, stats["n_real"] * self.rounds]), n)
+        prog.ada_signs_sum += float(signs[0])
+        prog.ada_signs_n += int(signs[1])
+        if cfg.augment_p is None and self.augment is not None and (step + 1) % cfg.ada_interval == 0:
+            r_t = prog.ada_signs_sum / max(prog.ada_signs_n, 1)
+            adjust = np.sign(r_t - cfg.ada_target) * (cfg.batch * cfg.ada_interval) / (cfg.ada_kimg * 1000)
+            prog.ada_p = float(max(prog.ada_p + adjust, 0.0))
+            prog.ada_signs_sum, prog.ada_signs_n = 0.0, 0
+        prog.step += 1
+        prog.cur_nimg += cfg.batch
+        out = {k: float(v) for k, v in stats.items() if k not in ("signs_real", "n_real")}
+        out["augment_p"] = prog.ada_p
+        return out
+
+    def _check(self, loss: torch.Tensor, what: str) -> None:
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(
+                f"the {what} loss became {loss.item()} at step {self.progress.step} "
+                f"(kimg {self.progress.cur_nimg / 1000:.1f}); lower the learning rates or raise gamma. "
+                "The last good checkpoint is intact."
+            )
+
+    def _opt_step(self, opt: torch.optim.Optimizer, params: list[torch.nn.Parameter]) -> None:
+        distributed.average_gradients([p for p in params], self.dist_env.world_size)
+        opt.step()
+
+
+def total_steps(cfg: FinetuneStage) -> int:
+    return math.ceil(cfg.kimg * 1000 / cfg.batch)
+
+
+def snapshot_due(cfg: FinetuneStage, prev_nimg: int, cur_nimg: int) -> bool:
+    every = cfg.snapshot_kimg * 1000
+    return math.floor(cur_nimg / every) > math.floor(prev_nimg / every)
+
+
+class Ticker:
+    """Periodic progress lines: kimg, rate, ETA, losses and p."""
+
+    def __init__(self, total_nimg: int, log: Callable[[str], None], interval: float = 10.0) -> None:
+        self.total, self.log, self.interval = total_nimg, log, interval
+        self.t0 = self.last = time.monotonic()
+        self.n0: int | None = None
+
+    def maybe(self, cur_nimg: int, stats: dict[str, float], force: bool = False) -> bool:
+        now = time.monotonic()
+        if self.n0 is None:
+            self.n0 = cur_nimg - 1
+        if not force and now - self.last < self.interval:
+            return False
+        self.last = now
+        done = cur_nimg - self.n0
+        rate = done / max(now - self.t0, 1e-9)  # images/s this attempt
+        eta = (self.total - cur_nimg) / rate if rate > 0 else float("inf")
+        eta_s = time.strftime("%H:%M:%S", time.gmtime(eta)) if math.isfinite(eta) and eta < 86400 * 30 else "?"
+        losses = " ".join(f"{k} {v:.3f}" for k, v in sorted(stats.items()) if k != "augment_p")
+        self.log(
+            f"kimg {cur_nimg / 1000:.2f}/{self.total / 1000:g} ({100 * cur_nimg / self.total:.0f}%) "
+            f"{1000 / rate if rate else float('inf'):.1f} s/kimg {rate:.1f} img/s ETA {eta_s} "
+            f"p {stats.get('augment_p', 0):.3f} {losses}"
+        )
+        return True
+
+
+def copy_networks(G: torch.nn.Module, D: torch.nn.Module, G_ema: torch.nn.Module | None) -> Networks:
+    """Training copies: G and D train; G_ema starts from the loaded G_ema (or G)."""
+    G_ema = copy.deepcopy(G_ema if G_ema is not None else G).eval().requires_grad_(False)
+    return Networks(G.train().requires_grad_(True), D.train().requires_grad_(True), G_ema)
+
+
+__all__ = ["CheckpointStore", "Networks", "TrainData", "Trainer", "Ticker", "TrainingDiverged", "StopTraining"]

@@ -1,0 +1,62 @@
+"""`generate` and `convert` through argparse, as the main CLI wires them."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cleftgan_hpc.model.commands import add_commands
+from cleftgan_hpc.model.generate import GenerateError, parse_seeds
+
+
+def _run(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="cleftgan-hpc")
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_parse_seeds() -> None:
+    assert parse_seeds("0-3,7,10-11") == [0, 1, 2, 3, 7, 10, 11]
+    for bad in ("3-1", "a", "1-", ""):
+        with pytest.raises(ValueError):
+            parse_seeds(bad)
+
+
+def test_generate_grid_matches_reference(fixture_dir: Path, reference, tmp_path: Path) -> None:
+    out = tmp_path / "grid.png"
+    assert _run(["generate", "--network", str(fixture_dir / "network.pkl"), "--seeds", "0-3", "--trunc", "0.7",
+                 "--out", str(out)]) == 0  # fmt: skip
+    grid = np.asarray(Image.open(out))
+    assert grid.shape == (128, 128, 3)
+    expected = (np.clip(reference["img_psi07"] * 127.5 + 128, 0, 255)).astype(np.uint8).transpose(0, 2, 3, 1)
+    tiles = [grid[:64, :64], grid[:64, 64:], grid[64:, :64], grid[64:, 64:]]
+    for tile, exp in zip(tiles, expected, strict=True):
+        assert np.abs(tile.astype(int) - exp.astype(int)).max() <= 1
+
+
+def test_convert_then_generate_dir_with_transform(fixture_dir: Path, tmp_path: Path, capsys) -> None:
+    ckpt = tmp_path / "net.safetensors"
+    assert _run(["convert", str(fixture_dir / "network.pkl"), str(ckpt)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    out = tmp_path / "imgs"
+    assert _run(["generate", "--network", str(ckpt), "--seeds", "5,9", "--translate", "0.1,-0.05", "--rotate",
+                 "10", "--out", str(out)]) == 0  # fmt: skip
+    assert sorted(p.name for p in out.iterdir()) == ["seed0005.png", "seed0009.png"]
+
+
+def test_generate_class_on_unconditional_is_a_user_error(fixture_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(GenerateError, match="unconditional"):
+        _run(["generate", "--network", str(fixture_dir / "network.pkl"), "--seeds", "0", "--class", "1",
+              "--out", str(tmp_path / "x.png")])  # fmt: skip
+
+
+def test_bad_arguments_rejected_by_argparse(capsys) -> None:
+    with pytest.raises(SystemExit):
+        _run(["generate", "--network", "n.pkl", "--seeds", "5-1", "--out", "x.png"])
+    with pytest.raises(SystemExit):
+        _run(["generate", "--network", "n.pkl", "--seeds", "1", "--translate", "1", "--out", "x.png"])

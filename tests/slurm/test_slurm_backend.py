@@ -1,0 +1,258 @@
+"""The Slurm backend end to end on the real single-node test cluster (see conftest.py)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import pytest
+from slurm_helpers import job_ids, sacct_state, slurm, submit, wait_idle, wait_state, write_spec
+
+from cleftgan_hpc.launch.slurm import SlurmLauncher, read_record
+from cleftgan_hpc.plan import make_plan
+from cleftgan_hpc.runs import RunState
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
+
+DEMO = """
+faces:
+  kind: demo_data
+  count: 12
+  size: 96
+dataset:
+  kind: preprocess
+  images: stage:faces.images
+  landmarks: stage:faces.landmarks
+  labels: stage:faces.labels
+  label_column: group
+  resolution: 32
+"""
+
+
+def describe(run: RunState) -> dict[str, str]:
+    return SlurmLauncher().describe(make_plan(run.load_spec(), run.run_id), run)
+
+
+def log_text(run: RunState, stage: str, job_id: str | None = None) -> str:
+    folder = Path(read_record(run, stage)["folder"])
+    return "".join(p.read_text(errors="replace") for p in sorted(folder.glob(f"{job_id or ''}*_log.*")))
+
+
+def test_demo_runs_in_dependency_order_with_sacct_states(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run = submit(write_spec(tmp_path, DEMO))
+    faces_id, dataset_id = job_ids(run, "faces")[0], job_ids(run, "dataset")[0]
+    script = (Path(read_record(run, "dataset")["folder"]) / f"{dataset_id}_submission.sh").read_text()
+    assert f"#SBATCH --dependency=afterok:{faces_id}" in script
+    assert "#SBATCH --kill-on-invalid-dep=yes" in script
+    wait_idle(run, ["faces", "dataset"])
+
+    faces, dataset = run.status("faces"), run.status("dataset")
+    assert (faces.state, dataset.state) == ("done", "done"), (faces.error, dataset.error)
+    assert dataset.started >= faces.finished  # afterok: it waited for faces to finish
+    assert faces_id in faces.job_ids and dataset_id in dataset.job_ids
+    assert run.store.exists(run.result("dataset")["dataset"])
+    detail = describe(run)
+    assert detail["faces"] == f"slurm {faces_id} COMPLETED"
+    assert detail["dataset"] == f"slurm {dataset_id} COMPLETED"
+
+    from cleftgan_hpc.cli import format_status
+
+    table = format_status(make_plan(run.load_spec(), run.run_id), run, detail)
+    assert "COMPLETED" in table and "done" in table
+
+    # Submitting the same run again skips what is done.
+    from cleftgan_hpc.launch.commands import cmd_submit
+
+    capsys.readouterr()
+    cmd_submit(argparse.Namespace(spec=str(tmp_path / "job.yaml"), run=run.run_id, force=[]))
+    out = capsys.readouterr().out
+    assert "= faces: done earlier" in out and "= dataset: done earlier" in out
+
+
+def test_failing_stage_cancels_dependents(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path, """
+        faces:
+          kind: demo_data
+          count: 4
+          size: 64
+        broken:
+          kind: preprocess
+          images: /nonexistent/photos
+          needs: [faces]
+        after:
+          kind: preprocess
+          images: stage:faces.images
+          needs: [broken]
+    """)
+    run = submit(spec)
+    wait_idle(run, ["faces", "broken", "after"])
+    assert run.status("faces").state == "done"
+    broken, after = run.status("broken"), run.status("after")
+    assert broken.state == "failed" and "/nonexistent/photos" in (broken.error or "")
+    assert after.state == "cancelled"
+    assert "upstream stage 'broken' failed" in (after.error or "")
+    assert sacct_state(job_ids(run, "broken")[0]) == "FAILED"
+    assert sacct_state(job_ids(run, "after")[0]) == "CANCELLED"
+    detail = describe(run)
+    assert detail["broken"].startswith(f"slurm {job_ids(run, 'broken')[0]} FAILED")
+    assert "upstream stage 'broken' failed" in detail["after"]
+
+
+def test_cancel_stops_running_and_queued_stages(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path, """
+        slow:
+          kind: demo_data
+          count: 2000
+          size: 256
+        later:
+          kind: preprocess
+          images: stage:slow.images
+    """)
+    run = submit(spec)
+    wait_state(run, "slow", {"running"})
+    from cleftgan_hpc.launch.commands import cmd_cancel
+
+    cmd_cancel(argparse.Namespace(spec=str(spec), run=run.run_id))
+    wait_idle(run, ["slow", "later"], timeout=60)
+    assert run.status("slow").state == "cancelled" and run.status("later").state == "cancelled"
+    assert "cancelled by the user" in (run.status("later").error or "")
+    assert sacct_state(job_ids(run, "slow")[0]) == "CANCELLED"
+    assert sacct_state(job_ids(run, "later")[0]) == "CANCELLED"
+
+
+def test_gpu_request_gets_cuda_visible_devices(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path, """
+        faces:
+          kind: demo_data
+          count: 2
+          size: 64
+          resources:
+            gpus: 2
+    """)
+    run = submit(spec)
+    wait_idle(run, ["faces"])
+    assert run.status("faces").state == "done", run.status("faces").error
+    assert "GPUs 0,1" in log_text(run, "faces")  # StageJob prints CUDA_VISIBLE_DEVICES
+    jid = job_ids(run, "faces")[0]
+    assert "gres/gpu=2" in slurm("sacct", "-n", "-P", "-X", "-o", "AllocTRES", "-j", jid)
+
+
+def _digests(run: RunState, stage: str) -> dict[str, str]:
+    prefix = run.key(stage, "")
+    return {i.key[len(prefix):]: i.sha256 for i in run.store.list(prefix)
+            if "/images/" in i.key or i.key.endswith(".csv")}
+
+
+def test_preempted_stage_is_requeued_and_matches_an_uninterrupted_run(tmp_path: Path) -> None:
+    body = """
+        faces:
+          kind: demo_data
+          count: 80
+          size: 256
+    """
+    (tmp_path / "ref").mkdir()
+    reference = submit(write_spec(tmp_path / "ref", body))  # the same stage, never interrupted
+    wait_idle(reference, ["faces"], timeout=120)
+    run = submit(write_spec(tmp_path, body))
+    wait_state(run, "faces", {"running"})
+    time.sleep(1)
+    # A job in the high partition that needs the whole node preempts (and requeues) it.
+    high = slurm("sbatch", "--parsable", "-p", "high", "-c", "8", "--mem=1G", "--wrap", "sleep 2").strip()
+    wait_idle(run, ["faces"], timeout=240)
+    assert sacct_state(high) == "COMPLETED"
+    st = run.status("faces")
+    assert st.state == "done", st.error
+    assert st.attempt >= 2  # ran again after the preemption
+    jid = job_ids(run, "faces")[0]
+    assert "Restarts=1" in slurm("scontrol", "show", "job", jid) or "PREEMPTED" in slurm(
+        "sacct", "-D", "-n", "-P", "-X", "-o", "State", "-j", jid)
+    assert "restart 1" in log_text(run, "faces")
+    assert reference.status("faces").state == "done" and reference.status("faces").attempt == 1
+    ref, got = _digests(reference, "faces"), _digests(run, "faces")
+    assert len(ref) == 82 and got == ref  # 80 images and 2 CSVs, byte for byte
+
+
+def test_time_limit_requeues_the_stage(tmp_path: Path) -> None:
+    # One minute with the checkpoint signal 55 s before the end: Slurm sends SIGUSR2 a few
+    # seconds in; the stage stops (exit 75) and submitit requeues it. It cannot finish in a
+    # minute, so the test cancels it after seeing the second attempt start.
+    spec = write_spec(tmp_path, """
+        slow:
+          kind: demo_data
+          count: 2000
+          size: 256
+          resources:
+            time: "00:01:00"
+    """, slurm_block="signal_delay_s: 55\nmax_requeues: 1")
+    run = submit(spec)
+    jid = job_ids(run, "slow")[0]
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and run.status("slow").attempt < 2:
+        time.sleep(1)
+    text = log_text(run, "slow")
+    slurm("scancel", jid)
+    assert run.status("slow").attempt >= 2, text[-3000:]
+    assert "timed-out" in text and "Requeued job" in text  # submitit's USR2 handler
+    assert "restart 1" in text
+
+
+def test_array_stage_splits_at_max_array_size_with_parallelism(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Until synthesize exists, give demo_data the array contract (read at submission only).
+    from cleftgan_hpc.spec.stages import DemoDataStage
+
+    monkeypatch.setattr(DemoDataStage, "array_tasks", lambda self: 10, raising=False)
+    spec = write_spec(tmp_path, """
+        faces:
+          kind: demo_data
+          count: 2
+          size: 64
+    """, slurm_block="array_parallelism: 2")
+    run = submit(spec)
+    record = read_record(run, "faces")
+    kinds = [(j["kind"], j.get("tasks")) for j in record["jobs"]]
+    assert kinds == [("array", "0-7"), ("array", "8-9"), ("commit", None)]  # MaxArraySize=8
+    first, second, commit = (j["id"] for j in record["jobs"])
+    folder = Path(record["folder"])
+    assert "#SBATCH --array=0-7%2" in (folder / f"{first}_submission.sh").read_text()
+    assert f"--dependency=afterok:{first}" in (folder / f"{second}_submission.sh").read_text()
+    assert f"--dependency=afterok:{first}:{second}" in (folder / f"{commit}_submission.sh").read_text()
+    wait_idle(run, ["faces"], timeout=240)
+    text = log_text(run, "faces")
+    for i in range(10):
+        assert f"task {i}/10" in text
+    assert "commit" in text
+    detail = describe(run)["faces"]
+    assert f"{first} 8 COMPLETED" in detail and f"{second} 2 COMPLETED" in detail
+    assert f"commit {commit} COMPLETED" in detail
+    assert run.status("faces").state == "done"
+
+
+def test_hostile_values_are_data_not_commands(tmp_path: Path) -> None:
+    canary = tmp_path / "pwned"
+    weird = tmp_path / f"logs $(touch {canary}1); touch {canary}2 `touch {canary}3` x"
+    spec = write_spec(tmp_path, """
+        faces:
+          kind: demo_data
+          count: 2
+          size: 64
+    """, slurm_block=f"""
+        log_dir: "{weird}"
+        setup:
+          - "echo $(touch {canary}4); touch {canary}5 && touch {canary}6 | cat > {canary}7"
+          - "echo `touch {canary}8` $SLURM_JOB_ID"
+        env:
+          EVIL: "$(touch {canary}9); x"
+    """)
+    spec.write_text(spec.read_text().replace("  log_dir: ./logs\n", ""))
+    run = submit(spec)
+    wait_idle(run, ["faces"])
+    assert run.status("faces").state == "done", run.status("faces").error
+    assert not list(tmp_path.glob("pwned*"))
+    jid = job_ids(run, "faces")[0]
+    out = log_text(run, "faces")
+    assert f"$(touch {canary}4); touch {canary}5 && touch {canary}6 | cat > {canary}7" in out  # echoed literally
+    assert f"`touch {canary}8` {jid}" in out  # $NAME expands, nothing else does
+    assert Path(read_record(run, "faces")["folder"]).parent.parent == weird

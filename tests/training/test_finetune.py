@@ -1,0 +1,131 @@
+"""The finetune stage for real on tiny networks: exact resume, stop signals, NaN handling."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cleftgan_hpc.errors import CleftGanError
+from cleftgan_hpc.spec.stages import FinetuneStage
+from cleftgan_hpc.stages import finetune
+from cleftgan_hpc.stages.context import StopRequested
+from cleftgan_hpc.training.state import CheckpointStore
+
+TINY = {"channel_base": 256, "channel_max": 16, "z_dim": 16, "w_dim": 16}
+
+
+def config(dataset: Path, **overrides: object) -> FinetuneStage:
+    fields = dict(kind="finetune", network="random", dataset=str(dataset), random_network=TINY, batch=4,
+                  kimg=0.028, snapshot_kimg=0.012, augment="bgc", augment_p=0.3, grid_seeds=4, seed=3)
+    fields.update(overrides)
+    return FinetuneStage.model_validate(fields)
+
+
+def weights(store_root: Path, key: str) -> dict[str, torch.Tensor]:
+    return load_file(str(store_root / "store" / key))
+
+
+def test_stopped_and_resumed_run_equals_uninterrupted(tiny_dataset: Path, tmp_path: Path, make_ctx) -> None:
+    cfg = config(tiny_dataset)  # 7 steps of 4: snapshots at steps 3 and 6, R1 at step 0
+    whole = finetune.run(cfg, make_ctx(tmp_path / "a"))
+    expected = weights(tmp_path / "a", whole["network"])
+
+    ctx = make_ctx(tmp_path / "b", stop_after=4)  # stop in the middle, between snapshots
+    with pytest.raises(StopRequested, match="at step 5"):
+        finetune.run(cfg, ctx)
+    ckpts = CheckpointStore(ctx.store, ctx.key("checkpoints"), 3, ctx.scratch)
+    assert ckpts.checkpoints()[-1].endswith("ckpt-000000005.pt")
+    resumed = finetune.run(cfg, make_ctx(tmp_path / "b"))
+    got = weights(tmp_path / "b", resumed["network"])
+
+    assert expected.keys() == got.keys()
+    different = [k for k in expected if not torch.equal(expected[k], got[k])]
+    assert not different, f"resumed weights differ: {different[:5]}"
+    # G_ema moved away from G, and training changed the weights at all
+    assert not torch.equal(got["G.mapping.fc0.weight"], got["G_ema.mapping.fc0.weight"])
+
+
+def test_snapshot_outputs(tiny_dataset: Path, tmp_path: Path, make_ctx) -> None:
+    cfg = config(tiny_dataset, kimg=0.012, augment="none", augment_p=None, conditional=True)
+    ctx = make_ctx(tmp_path)
+    out = finetune.run(cfg, ctx)
+    store = ctx.store
+    keys = {i.key for i in store.list(ctx.prefix)}
+    assert out["network"] in keys and out["curves"] in keys and out["stats"] in keys
+    grids = [k for k in keys if "/samples/grid-" in k]
+    assert grids and store.get_bytes(grids[0])[:8] == b"\x89PNG\r\n\x1a\n"
+    stats = store.get_text(out["stats"]).splitlines()
+    assert stats and '"loss_G"' in stats[0] and '"kimg"' in stats[0]
+    from cleftgan_hpc.model import load_network
+
+    net = load_network(tmp_path / "store" / out["network"])
+    assert net.G_ema.c_dim == 3  # conditional on the dataset's 3 classes
+    assert net.training_set_kwargs["resolution"] == 32
+
+
+def test_infinite_loss_stops_with_a_clear_message(tiny_dataset: Path, tmp_path: Path, make_ctx) -> None:
+    from cleftgan_hpc.model import Discriminator, Generator, Network, save_checkpoint
+
+    G = Generator(16, 0, 16, 32, 3, channel_base=256, channel_max=16, num_fp16_res=0)
+    D = Discriminator(0, 32, 3, channel_base=256, channel_max=16, num_fp16_res=0)
+    with torch.no_grad():
+        D.b4.out.bias.fill_(float("inf"))  # D's logits are +inf: the D loss is infinite at once
+    bad = tmp_path / "bad.safetensors"
+    save_checkpoint(Network(G, D, G), bad)
+    with pytest.raises(CleftGanError, match=r"the D loss became inf at step 0 .*last good checkpoint is intact"):
+        finetune.run(config(tiny_dataset, network=str(bad), augment="none", augment_p=None), make_ctx(tmp_path))
+
+
+def test_resolution_mismatch_is_a_clear_error(tiny_dataset: Path, tmp_path: Path, make_ctx) -> None:
+    fixture = Path(__file__).resolve().parents[2].parent / "shared/fixtures/stylegan3/sg3t_64/network.pkl"
+    if not fixture.exists():
+        pytest.skip(f"fixture not found at {fixture}")
+    with pytest.raises(CleftGanError, match="makes 64x64x3 images but the dataset holds 32x32x3"):
+        finetune.run(config(tiny_dataset, network=str(fixture)), make_ctx(tmp_path))
+
+
+@pytest.mark.parametrize("sig", ["USR2", "KILL"])
+def test_signal_then_resume_finishes(tiny_dataset: Path, tmp_path: Path, sig: str) -> None:
+    """A real process gets SIGUSR2 (checkpoint, exit 75) or SIGKILL mid-run; running again finishes."""
+    spec = tmp_path / "job.yaml"
+    spec.write_text(f"""
+name: sig
+stages:
+  train:
+    kind: finetune
+    network: random
+    dataset: {tiny_dataset}
+    random_network: {{channel_base: 256, channel_max: 16, z_dim: 16, w_dim: 16}}
+    batch: 4
+    kimg: 0.06
+    snapshot_kimg: 0.008
+    augment: none
+""")
+    cmd = [sys.executable, "-m", "cleftgan_hpc.cli", "run", str(spec), "--run", "s-1"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:  # wait for the first checkpoint, then signal the stage process
+        if "checkpoint step" in line:
+            break
+    status = (tmp_path / "store/runs/s-1/stages/train/status.json").read_text()
+    import json
+
+    pid = json.loads(status)["pid"]
+    os.kill(pid, getattr(__import__("signal"), f"SIG{sig}"))
+    rest = proc.stdout.read()
+    proc.wait(timeout=300)
+    assert proc.returncode == 1, rest
+    if sig == "USR2":
+        assert "stopped on request" in rest
+    else:
+        assert "killed by signal 9" in rest
+    again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "resumed from step" in again.stdout
+    assert json.loads((tmp_path / "store/runs/s-1/stages/train/status.json").read_text())["attempt"] == 2
