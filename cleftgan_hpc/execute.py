@@ -18,9 +18,10 @@ import traceback
 from pathlib import Path
 
 from cleftgan_hpc.errors import CleftGanError
-from cleftgan_hpc.plan import make_plan
+from cleftgan_hpc.plan import PlannedStage, make_plan
 from cleftgan_hpc.runs import RunState
 from cleftgan_hpc.spec.models import StoreConfig
+from cleftgan_hpc.spec.stages import AnyStage
 from cleftgan_hpc.stages import stage_function
 from cleftgan_hpc.stages.context import EXIT_REQUEUE, StageContext, StopRequested
 
@@ -45,47 +46,46 @@ def _logger(stage: str, log_file: Path) -> logging.Logger:
     return log
 
 
-def execute_stage(store_cfg: StoreConfig, run_id: str, stage: str) -> int:
-    """Run ``stage`` of ``run_id``; returns the process exit code (0, 75 or 1)."""
+def execute_stage(store_cfg: StoreConfig, run_id: str, stage: str, task: int | None = None) -> int:
+    """Run ``stage`` of ``run_id``; returns the process exit code (0, 75 or 1).
+
+    With ``task`` (one array task of a split stage, e.g. a Slurm array element) only that part
+    runs, and its record goes to ``tasks/<task>.json``; the stage's own status belongs to the
+    final call without a task (the commit), which finds the parts done and completes the stage.
+    """
     from cleftgan_hpc.storage import open_store
 
     store = open_store(store_cfg)
     run = RunState(store, run_id)
-    spec = run.load_spec()
-    plan = make_plan(spec, run_id)
-    planned = plan.stage(stage)
-    status = run.status(stage).running(planned.fingerprint)
-    status.job_ids = status.job_ids + ([os.environ["SLURM_JOB_ID"]] if "SLURM_JOB_ID" in os.environ else [])
-    run.set_status(stage, status)
-
-    scratch = scratch_root() / run_id / stage
+    planned = make_plan(run.load_spec(), run_id).stage(stage)
+    name = stage if task is None else f"{stage}.{task}"
+    scratch = scratch_root() / run_id / name
     scratch.mkdir(parents=True, exist_ok=True)
     log_file = scratch / "log.txt"
-    log = _logger(stage, log_file)
-    log.info(f"stage {stage} ({planned.kind}) attempt {status.attempt} on {status.host}, run {run_id}")
-
-    # Inputs from upstream stages: the store keys they actually recorded.
-    cfg = planned.config
-    updates = {}
-    for field_name, value in planned.inputs.items():
-        original = getattr(cfg, field_name)
-        if isinstance(original, str) and original.startswith("stage:"):
-            dep, _, output = original[len("stage:") :].partition(".")
-            recorded = run.result(dep) or {}
-            key = recorded.get(output or type(spec.stages[dep]).default_output)
-            updates[field_name] = "store:" + key if key else value
-    cfg = cfg.model_copy(update=updates)
-
+    log = _logger(name, log_file)
     ctx = StageContext(
         store=store,
         run_id=run_id,
         stage=stage,
         scratch=scratch,
         log=log,
+        task=task,
         device="cuda" if planned.resources.gpus and _cuda_available() else "cpu",
         cpus=_cpus(planned.resources.cpus_per_task),
     )
     ctx.install_signal_handlers()
+    cfg = _with_upstream_inputs(run, planned)
+    if task is None:
+        return _run_whole(run, planned, cfg, ctx, log_file)
+    return _run_task(run, planned, cfg, ctx, log_file)
+
+
+def _run_whole(run: RunState, planned: PlannedStage, cfg: AnyStage, ctx: StageContext, log_file: Path) -> int:
+    stage, log = planned.name, ctx.log
+    status = run.status(stage).running(planned.fingerprint)
+    status.job_ids = status.job_ids + ([os.environ["SLURM_JOB_ID"]] if "SLURM_JOB_ID" in os.environ else [])
+    run.set_status(stage, status)
+    log.info(f"stage {stage} ({planned.kind}) attempt {status.attempt} on {status.host}, run {run.run_id}")
     code = 0
     try:
         outputs = stage_function(planned.kind)(cfg, ctx)
@@ -104,10 +104,52 @@ def execute_stage(store_cfg: StoreConfig, run_id: str, stage: str) -> int:
         log.error(f"stage {stage} crashed:\n{traceback.format_exc()}")
     status.finished = time.time()
     run.set_status(stage, status)
+    _upload_log(run, stage, "log.txt", log, log_file)
+    return code
+
+
+def _run_task(run: RunState, planned: PlannedStage, cfg: AnyStage, ctx: StageContext, log_file: Path) -> int:
+    stage, task, log = planned.name, ctx.task, ctx.log
+    key = run.key(stage, f"tasks/{task}.json")
+    record: dict = {"task": task, "state": "running", "started": time.time(), "host": os.uname().nodename,
+                    "job_id": os.environ.get("SLURM_JOB_ID")}
+    run.store.put_json(key, record)
+    log.info(f"stage {stage} ({planned.kind}) task {task} on {record['host']}, run {run.run_id}")
+    code = 0
+    try:
+        stage_function(planned.kind)(cfg, ctx)
+        record["state"] = "done"
+    except StopRequested as exc:
+        record.update(state="pending", error=f"stopped on request, will resume: {exc}")
+        code = EXIT_REQUEUE
+    except BaseException as exc:  # noqa: BLE001 - a task bug still gets a record
+        record.update(state="failed", error=f"{type(exc).__name__}: {exc}")
+        log.error(f"task {task} of {stage} failed:\n{traceback.format_exc()}")
+        code = EXIT_FAILED
+    record["finished"] = time.time()
+    run.store.put_json(key, record)
+    _upload_log(run, stage, f"tasks/{task}.log.txt", log, log_file)
+    return code
+
+
+def _upload_log(run: RunState, stage: str, name: str, log: logging.Logger, log_file: Path) -> None:
     for handler in log.handlers:
         handler.flush()
-    store.put_file(run.key(stage, "log.txt"), log_file)
-    return code
+    run.store.put_file(run.key(stage, name), log_file)
+
+
+def _with_upstream_inputs(run: RunState, planned: PlannedStage) -> AnyStage:
+    """The stage's config with each stage: input replaced by the store key its stage recorded."""
+    cfg = planned.config
+    updates = {}
+    for field_name, planned_value in planned.inputs.items():
+        original = getattr(cfg, field_name)
+        if isinstance(original, str) and original.startswith("stage:"):
+            dep, _, output = original[len("stage:") :].partition(".")
+            recorded = run.result(dep) or {}
+            key = recorded.get(output) if output else None  # the default output's key is the planned one
+            updates[field_name] = "store:" + key if key else planned_value
+    return cfg.model_copy(update=updates)
 
 
 def _cuda_available() -> bool:
@@ -129,9 +171,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--store", required=True, help="the store config as JSON")
     p.add_argument("--run", required=True)
     p.add_argument("--stage", required=True)
+    p.add_argument("--task", type=int, default=None, help="run one array task of a split stage")
     a = p.parse_args(argv)
     try:
-        return execute_stage(StoreConfig.model_validate(json.loads(a.store)), a.run, a.stage)
+        return execute_stage(StoreConfig.model_validate(json.loads(a.store)), a.run, a.stage, a.task)
     except CleftGanError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED

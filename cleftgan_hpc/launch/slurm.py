@@ -83,11 +83,13 @@ class StageJob:
     task_index: int | None = None  # array task (global index), None for a plain or commit job
     task_count: int = 0  # array size; with task_index None and task_count > 0: the commit job
     grace_s: float = 60.0  # how long checkpoint() waits for the stage to stop
+    time_limit_s: float = 0.0  # the job's time limit; checkpoint() leaves 10 s of it to requeue
 
     def __post_init__(self) -> None:
         self._child: subprocess.Popen[bytes] | None = None
         self._code: int | None = None
         self._terminated = False
+        self._t0 = time.monotonic()
 
     def __getstate__(self) -> dict[str, Any]:  # the child process is not part of the pickle
         return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
@@ -97,6 +99,7 @@ class StageJob:
         self.__post_init__()
 
     def __call__(self) -> int:
+        self._t0 = time.monotonic()
         env = dict(os.environ)
         if self.task_count:
             env["CLEFTGAN_TASK_COUNT"] = str(self.task_count)
@@ -146,7 +149,10 @@ class StageJob:
         if self._child is not None and self._code is None:
             with contextlib.suppress(ProcessLookupError):
                 self._child.send_signal(signal.SIGUSR2)
-            self._wait(self.grace_s)
+            # Slurm may send the signal late (it checks limits every ~30 s): never wait past
+            # the limit, or the job times out before it is requeued.
+            left = self.time_limit_s - (time.monotonic() - self._t0) - 10 if self.time_limit_s else self.grace_s
+            self._wait(max(1.0, min(self.grace_s, left)))
         return submitit.helpers.DelayedSubmission(self)
 
     # -- helpers ------------------------------------------------------------------------------
@@ -333,7 +339,8 @@ class SlurmLauncher:
         shape = stage_shape(s.config, s.resources)
         grace = max(5.0, spec.slurm.signal_delay_s - 15.0)
         base = dict(store=spec.store.model_dump(mode="json"), run_id=run.run_id, stage=s.name,
-                    downstream=plan.downstream(s.name), grace_s=grace)
+                    downstream=plan.downstream(s.name), grace_s=grace,
+                    time_limit_s=s.resources.time_minutes() * 60.0)
 
         def set_deps(ids: list[str]) -> None:
             ex.update_parameters(dependency="afterok:" + ":".join(ids) if ids else None)

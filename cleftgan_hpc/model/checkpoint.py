@@ -79,7 +79,9 @@ def _read_metadata(path: Path) -> dict[str, str]:
             raise NetworkFormatError(f"{path}: corrupt safetensors header") from e
     meta = header.get("__metadata__") or {}
     if meta.get("format") != FORMAT:
-        raise NetworkFormatError(f"{path}: a safetensors file, but not a cleftgan-hpc network file (format {meta.get('format')!r})")
+        raise NetworkFormatError(
+            f"{path}: a safetensors file, but not a cleftgan-hpc network file (format {meta.get('format')!r})"
+        )
     if int(meta.get("version", "0")) > VERSION:
         raise NetworkFormatError(f"{path}: network file version {meta.get('version')} is newer than this program")
     return meta

@@ -158,21 +158,24 @@ class SynthesisLayer(nn.Module):
         if self.is_torgb:
             styles = styles * (1 / math.sqrt(self.in_channels * self.conv_kernel**2))
         dtype = _compute_dtype(self.use_fp16, x, low_dtype, force_fp32)
-        x = ops.modulated_conv2d(
+        gain = 1.0 if self.is_torgb else math.sqrt(2)
+        slope = 1.0 if self.is_torgb else 0.2
+        return ops.modulated_filtered_lrelu(
             x.to(dtype),
             self.weight,
             styles,
             demodulate=not self.is_torgb,
-            padding=self.conv_kernel - 1,
+            conv_padding=self.conv_kernel - 1,
             input_gain=input_gain,
             bias=self.bias,
-        )
-        gain = 1.0 if self.is_torgb else math.sqrt(2)
-        slope = 1.0 if self.is_torgb else 0.2
-        fu = self.up_filter
-        fd = self.down_filter
-        return ops.filtered_lrelu(
-            x, fu, fd, None, self.up_factor, self.down_factor, self.padding, gain, slope, self.conv_clamp
+            fu=self.up_filter,
+            fd=self.down_filter,
+            up=self.up_factor,
+            down=self.down_factor,
+            padding=self.padding,
+            gain=gain,
+            slope=slope,
+            clamp=self.conv_clamp,
         )
 
     def extra_repr(self) -> str:

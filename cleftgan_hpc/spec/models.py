@@ -361,5 +361,6 @@ def input_fields(model: type[BaseModel]) -> list[str]:
     return [
         name
         for name, info in model.model_fields.items()
-        if reads(info.metadata) or any(reads(getattr(a, "__metadata__", ())) for a in getattr(info.annotation, "__args__", ()))
+        if reads(info.metadata)
+        or any(reads(getattr(a, "__metadata__", ())) for a in getattr(info.annotation, "__args__", ()))
     ]

@@ -58,7 +58,8 @@ def spec_reference() -> str:
         "### `resources` (job default and per stage)",
         model_table(Resources),
         "### Every stage",
-        model_table(StageBase),
+        model_table(StageBase)
+        + f"\n| `kind` | {' or '.join(repr(k) for k in KINDS)} | **required** | What the stage does (tables below). |",
     ]
     for kind, model in KINDS.items():
         outs = ", ".join(f"`{k}` ({v})" for k, v in model.outputs.items())

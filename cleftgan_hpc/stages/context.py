@@ -42,6 +42,7 @@ class StageContext:
     cpus: int = 1
     rank: int = 0
     world_size: int = 1
+    task: int | None = None  # array task index (one part of a split stage); None: the whole stage / its commit
     outputs_of: dict[str, dict[str, str]] = field(default_factory=dict)  # stage -> output -> store key
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
 

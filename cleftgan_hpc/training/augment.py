@@ -387,24 +387,25 @@ def _axis_matrix(kind: str, n: int, taps: tuple[float, ...], device: torch.devic
     return rows.T.contiguous().to(device=device, dtype=dtype)  # [n_out, n]
 
 
-def _resample(x: torch.Tensor, f: torch.Tensor, kind: str) -> torch.Tensor:
-    """2x up- or downsampling of [N, C, H, W] with the separable filter ``f`` [K]."""
+def _resample(x: torch.Tensor, taps: tuple[float, ...], kind: str) -> torch.Tensor:
+    """2x up- or downsampling of [N, C, H, W] with the separable filter ``taps`` [K]."""
     h, w = x.shape[-2:]
-    small = max(h, w) <= (MATRIX_MAX_SIDE if kind == "up" else 2 * MATRIX_MAX_SIDE + f.shape[0] - 2)
+    small = max(h, w) <= (MATRIX_MAX_SIDE if kind == "up" else 2 * MATRIX_MAX_SIDE + len(taps) - 2)
     if not small:
+        f = torch.tensor(taps, dtype=x.dtype, device=x.device)
         return _upsample2x_conv(x, f) if kind == "up" else _downsample2x_conv(x, f)
-    taps = tuple(float(t) for t in f.detach().cpu().double())
     mh = _axis_matrix(kind, h, taps, x.device, x.dtype)  # [H_out, H]
     mw = _axis_matrix(kind, w, taps, x.device, x.dtype)  # [W_out, W]
     # one large matmul per axis (einsum folds N and C into it, no per-image broadcasting)
     return torch.einsum("oh,nchw->ncow", mh, torch.matmul(x, mw.T))
 
 
-def warp(images: torch.Tensor, g_inv: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    """Resample ``images`` [N, C, H, W] through ``g_inv`` [N, 3, 3] at 2x with the filter ``f`` [K]."""
+def warp(images: torch.Tensor, g_inv: torch.Tensor, taps: Sequence[float] | np.ndarray) -> torch.Tensor:
+    """Resample ``images`` [N, C, H, W] through ``g_inv`` [N, 3, 3] at 2x with the filter ``taps`` [K]."""
     n, _, h, w = images.shape
-    k = f.shape[0]
-    up = _resample(images, f, "up")  # [N, C, 2H, 2W]
+    taps = tuple(float(t) for t in taps)
+    k = len(taps)
+    up = _resample(images, taps, "up")  # [N, C, 2H, 2W]
     # The canvas extends e = K/2 - 1 upsampled pixels past each edge, so that the stride-2
     # filter below yields exactly H x W outputs centred on the original pixel centres.
     # In normalised coordinates (align_corners=False) a canvas position u in [-1, 1] is the
@@ -417,7 +418,7 @@ def warp(images: torch.Tensor, g_inv: torch.Tensor, f: torch.Tensor) -> torch.Te
     size = [n, images.shape[1], 2 * h + 2 * e, 2 * w + 2 * e]
     grid = F.affine_grid(theta.to(device=images.device, dtype=images.dtype), size, align_corners=False)
     canvas = F.grid_sample(up, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-    return _resample(canvas, f, "down")
+    return _resample(canvas, taps, "down")
 
 
 def apply_color(images: torch.Tensor, color: torch.Tensor) -> torch.Tensor:
@@ -439,7 +440,7 @@ class AugmentPipe(torch.nn.Module):
     """The ADA pipeline as a module: ``pipe(images, generator) -> images``.
 
     ``pipe.p`` (a float >= 0) is set by the training loop; it is saved in ``state_dict()``.
-    The module has no parameters; the filter taps are a non-persistent buffer.
+    The module has no parameters and no buffers, so it can live on any device as is.
     """
 
     def __init__(self, config: AugmentConfig | None = None, p: float = 0.0) -> None:
@@ -447,8 +448,7 @@ class AugmentPipe(torch.nn.Module):
         self.config = config if config is not None else AugmentConfig()
         self._p = 0.0
         self.p = p
-        taps = torch.from_numpy(lowpass_filter(self.config.filter_taps, self.config.filter_beta))
-        self.register_buffer("filter", taps.to(torch.float32), persistent=False)
+        self.taps = tuple(float(t) for t in lowpass_filter(self.config.filter_taps, self.config.filter_beta))
 
     @property
     def p(self) -> float:
@@ -484,16 +484,17 @@ class AugmentPipe(torch.nn.Module):
             raise CleftGanError(f"augment expects float images [N, C, H, W], got {images.dtype} {tuple(images.shape)}")
         n, _, h, w = images.shape
         params = self.sample_params(n, h, w, generator)
-        out = images
+        # half precision cannot place a sample to a fraction of a pixel at 1024 px: work in fp32
+        out = images.float() if images.dtype in (torch.float16, torch.bfloat16) else images
         if self.config.has_geometric:
             active = params.geometric_active
             if bool(active.all()):
-                out = warp(out, params.g_inv, self.filter.to(out.dtype))
+                out = warp(out, params.g_inv, self.taps)
             elif bool(active.any()):
                 # untouched samples skip the resampling filters entirely (exact, and cheaper)
                 idx = active.nonzero().squeeze(1).to(out.device)
-                warped = warp(out.index_select(0, idx), params.g_inv[active], self.filter.to(out.dtype))
+                warped = warp(out.index_select(0, idx), params.g_inv[active], self.taps)
                 out = out.index_copy(0, idx, warped)
         if self.config.has_color and bool(params.color_active.any()):
             out = apply_color(out, params.color)
-        return out
+        return out.to(images.dtype)

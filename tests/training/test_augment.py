@@ -241,7 +241,7 @@ def _mat(rows: list[list[float]]) -> torch.Tensor:
     return torch.tensor([rows], dtype=torch.float64)
 
 
-FILTER = torch.from_numpy(lowpass_filter(16, 4.0))
+FILTER = lowpass_filter(16, 4.0)
 
 
 def test_filter_is_a_sound_half_band_lowpass() -> None:

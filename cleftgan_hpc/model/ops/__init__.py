@@ -16,6 +16,7 @@ from . import reference
 from .bias_act import bias_act as _fast_bias_act
 from .filtered_lrelu import filtered_lrelu as _fast_filtered_lrelu
 from .modulated_conv import modulated_conv2d as _fast_modulated_conv2d
+from .modulated_conv import modulated_filtered_lrelu as _fast_modulated_filtered_lrelu
 from .upfirdn2d import Padding
 from .upfirdn2d import upfirdn2d as _fast_upfirdn2d
 
@@ -98,4 +99,39 @@ def modulated_conv2d(
     return _fast_modulated_conv2d(x, weight, styles, demodulate, padding, input_gain, bias)
 
 
-__all__ = ["Padding", "bias_act", "filtered_lrelu", "modulated_conv2d", "plain_ops", "upfirdn2d", "using_plain_ops"]
+def modulated_filtered_lrelu(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    styles: torch.Tensor,
+    demodulate: bool,
+    conv_padding: int,
+    input_gain: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    fu: torch.Tensor | None,
+    fd: torch.Tensor | None,
+    up: int,
+    down: int,
+    padding: Padding,
+    gain: float,
+    slope: float,
+    clamp: float | None,
+) -> torch.Tensor:
+    """A synthesis layer's ops: modulated conv (+ bias), then filtered leaky ReLU."""
+    if _use_plain:
+        y = reference.ref_modulated_conv2d(x, weight, styles, demodulate, conv_padding, input_gain)
+        return reference.ref_filtered_lrelu(y, fu, fd, bias, up, down, padding, gain, slope, clamp)
+    return _fast_modulated_filtered_lrelu(
+        x, weight, styles, demodulate, conv_padding, input_gain, bias, fu, fd, up, down, padding, gain, slope, clamp
+    )
+
+
+__all__ = [
+    "Padding",
+    "bias_act",
+    "filtered_lrelu",
+    "modulated_conv2d",
+    "modulated_filtered_lrelu",
+    "plain_ops",
+    "upfirdn2d",
+    "using_plain_ops",
+]

@@ -1,0 +1,1 @@
+"""One module per stage kind, each holding that kind's typed config."""

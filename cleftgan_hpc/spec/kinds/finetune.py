@@ -1,0 +1,139 @@
+"""The finetune stage's config: the CleftGAN transfer-learning recipe with ADA."""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import AfterValidator, Field, ValidationInfo, model_validator
+
+from cleftgan_hpc.spec.models import Input, StageBase, Strict, _input
+
+
+def input_or(*words: str) -> object:
+    """An Input type that also accepts the given literal words (e.g. 'random')."""
+
+    def validate(value: str, info: ValidationInfo) -> str:
+        return value if value in words else _input(value, info)
+
+    validate.reads_input = True  # type: ignore[attr-defined]
+    return Annotated[str, AfterValidator(validate)]
+
+
+NetworkInput = input_or("random")
+ExtractorInput = input_or("demo")
+
+
+class RandomNetwork(Strict):
+    """A freshly initialised StyleGAN3 network (``network: random``), for demos and tests.
+    The resolution is the dataset's."""
+
+    channel_base: int = Field(2048, ge=64, le=65536, description="Feature map budget: channels = base / resolution.")
+    channel_max: int = Field(64, ge=4, le=1024, description="Most channels in any layer.")
+    z_dim: int = Field(64, ge=1, le=1024, description="Latent z width.")
+    w_dim: int = Field(64, ge=1, le=1024, description="Intermediate latent w width.")
+    mapping_layers: int = Field(2, ge=1, le=8, description="Mapping network depth (StyleGAN3: 2).")
+
+
+AugmentOpName = Literal[
+    "xflip",
+    "rotate90",
+    "xint",
+    "scale",
+    "rotate",
+    "aniso",
+    "xfrac",
+    "brightness",
+    "contrast",
+    "lumaflip",
+    "hue",
+    "saturation",
+]
+
+
+class AugmentOp(Strict):
+    """One augmentation op with a probability multiplier (the reference's per-op weights)."""
+
+    op: AugmentOpName = Field(description="Op name.")
+    weight: float = Field(1.0, ge=0, le=1, description="Multiplies p for this op.")
+
+
+class FinetuneStage(StageBase):
+    """Adapt a pretrained StyleGAN3 network to a small dataset with adaptive discriminator
+    augmentation (the CleftGAN recipe), checkpointing everything so it resumes exactly."""
+
+    kind: Literal["finetune"]
+    network: NetworkInput = Field(
+        description="The starting network: an official pickle or our .safetensors (a path, store:KEY or "
+        "stage:NAME), or 'random' for a fresh network built from random_network."
+    )
+    random_network: RandomNetwork = Field(default_factory=RandomNetwork, description="Used when network is 'random'.")
+    dataset: Input = Field(description="The training dataset zip (e.g. stage:dataset).")
+    cfg: Literal["stylegan3-t", "stylegan3-r"] = Field(
+        "stylegan3-t", description="Architecture for network: random (a loaded network keeps its own)."
+    )
+    kimg: float = Field(
+        460, gt=0, le=1e6, description="Training length in thousands of real images shown (paper: 460)."
+    )
+    batch: int = Field(32, ge=1, le=4096, description="Global batch size.")
+    batch_per_gpu: int | None = Field(
+        None, ge=1, le=4096, description="Samples per process per round; smaller values accumulate gradients."
+    )
+    gamma: float = Field(6.6, ge=0, le=1e4, description="R1 weight (transfer to a small face set used 6.6).")
+    glr: float = Field(0.0025, gt=0, le=1, description="Generator Adam learning rate.")
+    dlr: float = Field(0.002, gt=0, le=1, description="Discriminator Adam learning rate.")
+    ema_kimg: float | None = Field(None, ge=0, description="G_ema half-life in kimg; default batch * 10 / 32.")
+    ema_rampup: float | None = Field(0.05, ge=0, description="G_ema rampup ratio (null: none).")
+    augment: Literal["bgc", "bg", "c", "none"] | list[AugmentOp] = Field(
+        "bgc", description="ADA pipeline: a preset name or a list of ops with weights."
+    )
+    ada_target: float = Field(0.6, gt=0, lt=1, description="Target of r_t = E[sign(D(real))] that ADA steers p toward.")
+    ada_interval: int = Field(4, ge=1, le=1000, description="Adjust p every this many batches.")
+    ada_kimg: float = Field(
+        100, gt=0, description="Images (in kimg) for p to move from 0 to 1 (100 when transferring)."
+    )
+    augment_p: float | None = Field(None, ge=0, le=1, description="A fixed augmentation probability instead of ADA.")
+    freeze_d: int = Field(
+        0, ge=0, le=64, description="Freeze the first N discriminator layers (10 or 13 for transfer)."
+    )
+    mirror: bool = Field(True, description="Add x-flipped copies of the dataset.")
+    conditional: bool = Field(
+        False, description="Condition on the dataset's labels (integer classes one-hot, floats as given)."
+    )
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of everything random; a resumed run repeats it exactly.")
+    snapshot_kimg: float = Field(20, gt=0, description="Checkpoint, sample grid and metrics every this many kimg.")
+    keep_checkpoints: int = Field(
+        3, ge=1, le=1000, description="Keep the newest N checkpoints (and the best by metric)."
+    )
+    metrics: list[Literal["fid", "kid"]] = Field(
+        default_factory=list, description="Metrics at each snapshot against the training set."
+    )
+    feature_extractor: ExtractorInput | None = Field(
+        None,
+        description="Feature extractor TorchScript file for metrics (the Inception file); 'demo' uses our small one.",
+    )
+    metric_samples: int = Field(1000, ge=16, le=1_000_000, description="Generated images per metric evaluation.")
+    grid_seeds: int = Field(16, ge=1, le=256, description="Images in each snapshot's sample grid (fixed seeds).")
+    gpus: int = Field(0, ge=0, le=1024, description="GPUs (processes) to train on; 0 trains on the CPU.")
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
+        "auto", description="auto: fp16 on CUDA for the highest resolutions (as num_fp16_res), fp32 on CPU."
+    )
+
+    outputs: ClassVar[dict[str, str]] = {
+        "network": "network.safetensors",
+        "checkpoints": "checkpoints",
+        "stats": "stats.jsonl",
+        "curves": "curves.png",
+    }
+    default_output: ClassVar[str] = "network"
+
+    @model_validator(mode="after")
+    def _batches(self) -> FinetuneStage:
+        per = self.batch_per_gpu or self.batch
+        procs = max(self.gpus, 1)
+        if self.batch % procs:
+            raise ValueError(f"batch {self.batch} is not divisible by the {procs} processes (gpus)")
+        if (self.batch // procs) % per:
+            raise ValueError(f"batch per process {self.batch // procs} is not divisible by batch_per_gpu {per}")
+        if self.metrics and self.feature_extractor is None:
+            raise ValueError("metrics need feature_extractor: the Inception TorchScript file, or 'demo'")
+        return self
