@@ -12,6 +12,8 @@ FROM ${BASE_IMAGE}
 # torch comes from its own index: the CUDA 12.8 build by default, the CPU build with .../whl/cpu.
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
 ARG TORCH_CUDA_ARCH_LIST="7.0;7.5;8.0;8.6;8.9;9.0+PTX"
+# Offline builds: put every wheel in containers/wheels/ and pass --build-arg PIP_NO_INDEX=1.
+ARG PIP_NO_INDEX
 
 LABEL org.opencontainers.image.title="cleftgan-hpc" \
       org.opencontainers.image.description="CleftGAN (StyleGAN3-t + ADA transfer learning) as batch jobs" \
@@ -40,14 +42,14 @@ WORKDIR /opt/cleftgan-hpc
 COPY containers/constraints.txt containers/constraints.txt
 COPY containers/wheels/ /tmp/wheels/
 RUN pip install --no-cache-dir --find-links /tmp/wheels --extra-index-url "${TORCH_INDEX_URL}" \
-      --constraint containers/constraints.txt torch submitit \
- && rm -rf /tmp/wheels
+      --constraint containers/constraints.txt torch submitit
 
 COPY pyproject.toml README.md ./
 COPY cleftgan_hpc/ cleftgan_hpc/
 COPY jobs/ jobs/
-RUN pip install --no-cache-dir --constraint containers/constraints.txt . \
- && pip check
+RUN pip install --no-cache-dir --find-links /tmp/wheels --constraint containers/constraints.txt . \
+ && pip check \
+ && rm -rf /tmp/wheels
 
 # Compile the StyleGAN3 kernels ahead of time (the CUDA base has nvcc). The build module
 # arrives with the CUDA kernels; until then, and on a CPU base, the reference ops are used

@@ -59,6 +59,7 @@ def execute_stage(store_cfg: StoreConfig, run_id: str, stage: str, task: int | N
     run = RunState(store, run_id)
     planned = make_plan(run.load_spec(), run_id).stage(stage)
     name = stage if task is None else f"{stage}.{task}"
+    name += f".rank{env_rank()}" if env_rank() else ""
     scratch = scratch_root() / run_id / name
     scratch.mkdir(parents=True, exist_ok=True)
     log_file = scratch / "log.txt"
@@ -75,9 +76,31 @@ def execute_stage(store_cfg: StoreConfig, run_id: str, stage: str, task: int | N
     )
     ctx.install_signal_handlers()
     cfg = _with_upstream_inputs(run, planned)
+    if env_rank() > 0:  # a data-parallel worker: rank 0 keeps the records
+        return _run_worker(planned, cfg, ctx)
     if task is None:
         return _run_whole(run, planned, cfg, ctx, log_file)
     return _run_task(run, planned, cfg, ctx, log_file)
+
+
+def env_rank() -> int:
+    """This process's data-parallel rank, from torchrun (RANK) or Slurm (SLURM_PROCID)."""
+    if "RANK" in os.environ:
+        return int(os.environ["RANK"])
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        return int(os.environ.get("SLURM_PROCID", "0"))
+    return 0
+
+
+def _run_worker(planned: PlannedStage, cfg: AnyStage, ctx: StageContext) -> int:
+    try:
+        stage_function(planned.kind)(cfg, ctx)
+    except StopRequested:
+        return EXIT_REQUEUE
+    except BaseException:  # noqa: BLE001 - rank 0 records the stage's failure
+        ctx.log.error(f"rank {env_rank()} failed:\n{traceback.format_exc()}")
+        return EXIT_FAILED
+    return 0
 
 
 def _run_whole(run: RunState, planned: PlannedStage, cfg: AnyStage, ctx: StageContext, log_file: Path) -> int:
@@ -111,8 +134,13 @@ def _run_whole(run: RunState, planned: PlannedStage, cfg: AnyStage, ctx: StageCo
 def _run_task(run: RunState, planned: PlannedStage, cfg: AnyStage, ctx: StageContext, log_file: Path) -> int:
     stage, task, log = planned.name, ctx.task, ctx.log
     key = run.key(stage, f"tasks/{task}.json")
-    record: dict = {"task": task, "state": "running", "started": time.time(), "host": os.uname().nodename,
-                    "job_id": os.environ.get("SLURM_JOB_ID")}
+    record: dict = {
+        "task": task,
+        "state": "running",
+        "started": time.time(),
+        "host": os.uname().nodename,
+        "job_id": os.environ.get("SLURM_JOB_ID"),
+    }
     run.store.put_json(key, record)
     log.info(f"stage {stage} ({planned.kind}) task {task} on {record['host']}, run {run.run_id}")
     code = 0

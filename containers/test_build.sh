@@ -86,12 +86,19 @@ CTX="$STATE/context"
 rm -rf "$CTX" && mkdir -p "$CTX"
 (cd "$ROOT" && tar -c --exclude=.venv --exclude=.git --exclude='__pycache__' --exclude=store \
    --exclude=slurm-logs Dockerfile .dockerignore pyproject.toml README.md cleftgan_hpc jobs containers) | tar -C "$CTX" -x
-for w in ${CLEFTGAN_WHEELS:-/opt/wheels}/torch-*+cpu-*.whl; do [[ -f "$w" ]] && cp "$w" "$CTX/containers/wheels/"; done
+# The build container cannot verify this machine's TLS proxy, so it gets every wheel in the
+# context and builds offline (PIP_NO_INDEX=1): pip here downloads them, pinned.
+log "pip download (pinned wheels for the offline build)"
+"$PY" -c 'import sys, tomllib; print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]))' \
+  "$ROOT/pyproject.toml" >"$STATE/requirements.txt"
+"$PY" -m pip download -q -d "$CTX/containers/wheels" --only-binary=:all: \
+  --constraint "$ROOT/containers/constraints.txt" -r "$STATE/requirements.txt" torch submitit setuptools >"$STATE/pip-download.log" 2>&1 \
+  || die "pip download failed"
 log "docker build ($IMAGE, CPU base)"
 t_build=$SECONDS
 docker build --network host -q -t "$IMAGE" \
   --build-arg BASE_IMAGE="$BASE" \
-  --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu \
+  --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu --build-arg PIP_NO_INDEX=1 \
   "$CTX" >"$STATE/build.log" 2>&1 || { tail -40 "$STATE/build.log" >&2; die "docker build failed"; }
 log "built in $((SECONDS - t_build))s: $(docker image inspect -f '{{.Size}}' "$IMAGE" | awk '{printf "%.0f MB", $1/1e6}')"
 

@@ -133,6 +133,11 @@ def cmd_render(args: argparse.Namespace) -> int:
     if not run.exists():
         run.save_spec(spec)
         print(f"# created run {run.run_id} in {spec.store.url} (the script runs its stage {stage})", file=sys.stderr)
+    log_dir = Path(spec.slurm.log_dir) / run.run_id / stage
+    try:  # sbatch cannot open a log in a directory that does not exist
+        log_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"# could not create {log_dir} ({exc}): create it before sbatch", file=sys.stderr)
     python = spec.slurm.python or sys.executable
     print(render_script(spec, run.run_id, stage, python))
     return 0

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -13,6 +14,12 @@ import time
 from cleftgan_hpc.plan import Plan, PlannedStage
 from cleftgan_hpc.runs import RunState, StageStatus
 from cleftgan_hpc.stages.context import EXIT_REQUEUE
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def say(msg: str) -> None:
@@ -67,20 +74,35 @@ class LocalLauncher:
             "--stage",
             s.name,
         ]
-        env = dict(os.environ)
-        # One stage's thread pools must not oversubscribe the cores it was given.
-        env.setdefault("OMP_NUM_THREADS", str(s.resources.cpus_per_task))
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        world = getattr(s.config, "world_size", 1)  # data-parallel stages run one process per rank
+        port = _free_port() if world > 1 else 0
+        procs = []
+        for rank in range(world):
+            env = dict(os.environ)
+            # One stage's thread pools must not oversubscribe the cores it was given.
+            env.setdefault("OMP_NUM_THREADS", str(max(1, s.resources.cpus_per_task // world)))
+            if world > 1:
+                env.update(
+                    RANK=str(rank),
+                    LOCAL_RANK=str(rank),
+                    WORLD_SIZE=str(world),
+                    MASTER_ADDR="127.0.0.1",
+                    MASTER_PORT=str(port),
+                )
+            out = subprocess.PIPE if rank == 0 else subprocess.DEVNULL  # workers log to their scratch files
+            procs.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True, env=env))
         try:
-            assert proc.stdout is not None
-            for line in proc.stdout:
+            assert procs[0].stdout is not None
+            for line in procs[0].stdout:
                 say(f"  [{s.name}] {line.rstrip()}")
-            code = proc.wait()
+            codes = [p.wait() for p in procs]
         except KeyboardInterrupt:
-            proc.send_signal(signal.SIGTERM)  # let the stage checkpoint and record itself
-            code = proc.wait()
+            for p in procs:
+                p.send_signal(signal.SIGTERM)  # let the stage checkpoint and record itself
+            codes = [p.wait() for p in procs]
             say(f"! {s.name}: interrupted; run again with --run {run.run_id} to resume")
             raise
+        code = codes[0] if codes[0] != 0 or all(c == 0 for c in codes) else next(c for c in codes if c)
         elapsed = time.monotonic() - t0
         status = run.status(s.name)
         if code == 0 and status.state == "done":

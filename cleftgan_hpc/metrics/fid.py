@@ -58,5 +58,23 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
 
 
 def fid_from_features(features1: np.ndarray, features2: np.ndarray) -> float:
-    """FID between two feature sets [N1, D] and [N2, D]."""
-    return frechet_distance(*feature_mean_cov(features1), *feature_mean_cov(features2))
+    """FID between two feature sets [N1, D] and [N2, D].
+
+    With fewer items than dimensions (514 real faces vs 2048 Inception features) the
+    covariances are rank-deficient and a smaller exact route exists: with centred features
+    X1, X2, the non-zero eigenvalues of S1 S2 = X1'X1 X2'X2 / (N1 N2) are the squared singular
+    values of X1 X2' / sqrt(N1 N2), so Tr(sqrtm(S1 S2)) is that [N1, N2] matrix's nuclear norm.
+    An SVD is backward stable and has no negative eigenvalues to clip.
+    """
+    x1, x2 = np.asarray(features1, dtype=np.float64), np.asarray(features2, dtype=np.float64)
+    if x1.ndim != 2 or x2.ndim != 2 or x1.shape[1] != x2.shape[1] or min(len(x1), len(x2)) < 1:
+        raise CleftGanError(f"FID needs two non-empty [N, D] feature sets of one D, got {x1.shape} and {x2.shape}")
+    (n1, d), n2 = x1.shape, x2.shape[0]
+    if min(n1, n2) >= d:
+        return frechet_distance(*feature_mean_cov(x1), *feature_mean_cov(x2))
+    mu1, mu2 = x1.mean(axis=0), x2.mean(axis=0)
+    x1, x2 = x1 - mu1, x2 - mu2
+    cross = np.linalg.svd(x1 @ x2.T, compute_uv=False).sum() / np.sqrt(n1 * n2)
+    diff = mu1 - mu2
+    value = diff @ diff + (x1 * x1).sum() / n1 + (x2 * x2).sum() / n2 - 2 * cross
+    return max(float(value), 0.0)

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import ops
 from .layers import Conv2dLayer, FullyConnectedLayer
 from .mapping import ConditionMapping
 
@@ -35,7 +36,8 @@ class DiscriminatorBlock(nn.Module):
         super().__init__()
         if architecture != "resnet":
             raise ValueError(f"only the resnet discriminator is implemented, not {architecture!r}")
-        self.in_channels, self.resolution, self.img_channels = in_channels, resolution, img_channels
+        self.in_channels, self.tmp_channels, self.out_channels = in_channels, tmp_channels, out_channels
+        self.resolution, self.img_channels = resolution, img_channels
         self.first_layer_idx, self.use_fp16 = first_layer_idx, use_fp16
         self.channels_last = use_fp16 and fp16_channels_last
         self.register_buffer("resample_filter", torch.outer(*(2 * [torch.tensor(resample_filter)])).float())
@@ -209,15 +211,33 @@ class Discriminator(nn.Module):
         update_emas: bool = False,  # unused (API compatibility)
     ) -> torch.Tensor:  # [N, 1]
         del update_emas
-        x = None
-        for res in self.block_resolutions:
-            block = getattr(self, f"b{res}")
-            low = block.use_fp16 and not force_fp32 and img.device.type == "cuda"
-            x = block(x, img, dtype=self.low_dtype if low else torch.float32)
+        n = img.shape[0]
+        step = n if ops.using_plain_ops() else self._batch_chunk(n)
+        # The blocks treat samples independently: large images run in chunks of the batch so
+        # every intermediate stays small (see ops/filtered_lrelu.py); the epilogue mixes samples.
+        x = torch.cat([self._blocks(chunk, force_fp32) for chunk in img.split(step)]) if step < n else None
+        if x is None:
+            x = self._blocks(img, force_fp32)
         cmap = None
         if self.c_dim > 0:
             if c is None or c.ndim != 2 or c.shape[1] != self.c_dim:
                 raise ValueError(f"this discriminator is conditional: c must be [N, {self.c_dim}]")
             cmap = self.mapping(c)
-        assert x is not None
         return self.b4(x, cmap)
+
+    def _batch_chunk(self, n: int) -> int:
+        """Samples per chunk so that no block's activation exceeds the chunk budget."""
+        from .ops.modulated_conv import LAYER_CHUNK_BYTES
+
+        largest = max(getattr(self, f"b{res}").tmp_channels * res * res * 4 for res in self.block_resolutions)
+        return max(1, min(n, LAYER_CHUNK_BYTES // largest))
+
+    def _blocks(self, img: torch.Tensor, force_fp32: bool) -> torch.Tensor:
+        """All blocks down to 4x4: [n, C, res, res] -> [n, C4, 4, 4]."""
+        x = None
+        for res in self.block_resolutions:
+            block = getattr(self, f"b{res}")
+            low = block.use_fp16 and not force_fp32 and img.device.type == "cuda"
+            x = block(x, img, dtype=self.low_dtype if low else torch.float32)
+        assert x is not None
+        return x

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from . import ops
@@ -80,24 +81,34 @@ class Conv2dLayer(nn.Module):
         self.bias = nn.Parameter(torch.zeros([out_channels])) if bias else None
 
     def forward(self, x: torch.Tensor, gain: float = 1.0) -> torch.Tensor:  # [N, I, H, W] -> [N, O, H/down, W/down]
-        w = (self.weight * self.weight_gain).to(x.dtype)
-        k = w.shape[-1]
+        act_gain = self.act_gain * gain
+        clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
+        w = self.weight * self.weight_gain
+        b = self.bias
+        fold = not ops.using_plain_ops()
+        if fold:
+            # The gain commutes with the conv, the bias and the (positively homogeneous) activation:
+            # fold it into the weight and bias, and let the conv add the bias (two fewer passes).
+            w = w * act_gain
+            b = b * act_gain if b is not None else None
+        w = w.to(x.dtype)
+        conv_b = b.to(x.dtype) if fold and b is not None else None
         if self.down > 1:
             f = self.resample_filter
             fw = f.shape[-1]
             p0 = self.padding + (fw - self.down + 1) // 2
             p1 = self.padding + (fw - self.down) // 2
-            if k == 1:  # downsample first, then the cheap 1x1 conv
+            if w.shape[-1] == 1:  # downsample first, then the cheap 1x1 conv
                 x = ops.upfirdn2d(x, f, down=self.down, padding=(p0, p1, p0, p1))
-                x = torch.nn.functional.conv2d(x, w)
+                x = F.conv2d(x, w, conv_b)
             else:
                 x = ops.upfirdn2d(x, f, padding=(p0, p1, p0, p1))
-                x = torch.nn.functional.conv2d(x, w, stride=self.down)
+                x = F.conv2d(x, w, conv_b, stride=self.down)
         else:
-            x = torch.nn.functional.conv2d(x, w, padding=self.padding)
-        act_gain = self.act_gain * gain
-        clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
-        return ops.bias_act(x, self.bias, act=self.activation, gain=act_gain, clamp=clamp)
+            x = F.conv2d(x, w, conv_b, padding=self.padding)
+        if fold:
+            return ops.bias_act(x, None, act=self.activation, gain=1.0, clamp=clamp)
+        return ops.bias_act(x, b, act=self.activation, gain=act_gain, clamp=clamp)
 
     def extra_repr(self) -> str:
         return f"in={self.in_channels}, out={self.out_channels}, act={self.activation}, down={self.down}"

@@ -276,11 +276,51 @@ class SynthesisNetwork(nn.Module):
     ) -> torch.Tensor:  # [N, img_channels, img_resolution, img_resolution]
         if ws.ndim != 3 or ws.shape[1] != self.num_ws or ws.shape[2] != self.w_dim:
             raise ValueError(f"ws must be [N, {self.num_ws}, {self.w_dim}], got {list(ws.shape)}")
+        n = ws.shape[0]
+        step = n if ops.using_plain_ops() else self._batch_chunk(n)
+        if step >= n:
+            return self._run(ws, update_emas, force_fp32)
+        # Large images: run the whole stack one chunk of the batch at a time, so every
+        # intermediate stays small (allocation and cache, see ops/filtered_lrelu.py). The
+        # magnitude EMAs are then updated once, from the whole batch's input magnitudes.
+        sums: dict[str, torch.Tensor] | None = {} if update_emas else None
+        img = torch.cat([self._run(chunk, False, force_fp32, sums) for chunk in ws.split(step)])
+        if sums is not None:
+            with torch.no_grad():
+                for name in self.layer_names:
+                    layer = getattr(self, name)
+                    magnitude = (sums[name] / sums[name + ".count"]).to(layer.magnitude_ema.dtype)
+                    layer.magnitude_ema.copy_(magnitude.lerp(layer.magnitude_ema, layer.magnitude_ema_beta))
+        return img
+
+    def _batch_chunk(self, n: int) -> int:
+        """Samples per chunk so that no layer's conv output exceeds the chunk budget."""
+        from .ops.modulated_conv import LAYER_CHUNK_BYTES
+
+        largest = 0
+        for name in self.layer_names:
+            layer = getattr(self, name)
+            size = layer.in_size + layer.conv_kernel - 1
+            largest = max(largest, layer.out_channels * int(size[0]) * int(size[1]) * 4)
+        return max(1, min(n, LAYER_CHUNK_BYTES // largest))
+
+    def _run(
+        self,
+        ws: torch.Tensor,  # [n, num_ws, w_dim]
+        update_emas: bool,  # let each layer update its own magnitude EMA
+        force_fp32: bool,  # never use low precision
+        sums: dict[str, torch.Tensor] | None = None,  # accumulate input sums of squares / counts here
+    ) -> torch.Tensor:
         ws_list = ws.to(torch.float32).unbind(1)
         x = self.input(ws_list[0])
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         x = x.contiguous(memory_format=fmt)
         for name, w in zip(self.layer_names, ws_list[1:], strict=True):
+            if sums is not None:
+                with torch.no_grad():
+                    sq = x.detach().to(torch.float32).square().sum()
+                    sums[name] = sums.get(name, 0) + sq
+                    sums[name + ".count"] = sums.get(name + ".count", 0) + x.numel()
             layer = getattr(self, name)
             x = layer(x, w, update_emas=update_emas, force_fp32=force_fp32, low_dtype=self.low_dtype)
         if self.output_scale != 1:

@@ -32,10 +32,17 @@ def _finetune() -> StageFn:
     return run
 
 
+def _synthesize() -> StageFn:
+    from cleftgan_hpc.stages.synthesize import run
+
+    return run
+
+
 RUNNERS: dict[str, Callable[[], StageFn]] = {
     "preprocess": _preprocess,
     "demo_data": _demo_data,
     "finetune": _finetune,
+    "synthesize": _synthesize,
 }
 
 

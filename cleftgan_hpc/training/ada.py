@@ -7,8 +7,8 @@ is over-confident on reals (overfitting) and p goes up; otherwise it goes down:
     p <- max(p + sign(r_t - target) * batch * interval / (ada_kimg * 1000), 0)
 
 so p can move from 0 to 1 in ``ada_kimg`` thousand images. ``batch`` is the global batch.
-The accumulators live on the logits' device and are read only at an update, so the loop
-does not synchronise with the GPU every batch.
+The accumulators live on the controller's ``device`` (give it the training device) and are
+read only at an update, so the loop does not synchronise with the GPU every batch.
 """
 
 from __future__ import annotations
@@ -48,14 +48,17 @@ class AdaController:
     ``end_batch`` so that every rank computes the same r_t and the same p.
     """
 
-    def __init__(self, config: AdaConfig, batch_size: int, p: float = 0.0) -> None:
+    def __init__(
+        self, config: AdaConfig, batch_size: int, p: float = 0.0, device: str | torch.device = "cpu"
+    ) -> None:
         if batch_size < 1:
             raise CleftGanError(f"ADA needs the global batch size >= 1, got {batch_size}")
         self.config = config
         self.batch_size = batch_size
         self.p = float(p)
         self.rt: float | None = None  # r_t at the last update (for the stats log)
-        self._acc: torch.Tensor | None = None  # [2] float64: sum of signs, number of logits
+        self.device = torch.device(device)
+        self._acc = torch.zeros(2, dtype=torch.float64, device=self.device)  # [sum of signs, number of logits]
         self._batches = 0  # batches since the last update
 
     @property
@@ -71,23 +74,22 @@ class AdaController:
 
     def accumulate_signs(self, signs_sum: torch.Tensor | float, count: torch.Tensor | int) -> None:
         """Add a pre-summed sign(D(real)) and the number of logits it covers."""
-        dev = signs_sum.device if isinstance(signs_sum, torch.Tensor) else None
-        pair = torch.stack([torch.as_tensor(signs_sum, dtype=torch.float64, device=dev).reshape(()),
-                            torch.as_tensor(count, dtype=torch.float64, device=dev).reshape(())])
-        self._acc = pair if self._acc is None else self._acc + pair.to(self._acc.device)
+        self._acc[0] += torch.as_tensor(signs_sum, dtype=torch.float64).to(self.device).reshape(())
+        self._acc[1] += torch.as_tensor(count, dtype=torch.float64).to(self.device).reshape(())
 
     def end_batch(self, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> bool:
         """Count one batch; on every ``interval``-th, update p. True when p was updated.
 
-        ``reduce`` sums a [2] tensor over ranks (e.g. ``torch.distributed.all_reduce``); every
-        rank must call ``end_batch`` at the same batches.
+        ``reduce`` returns the sum over ranks of a [2] float64 tensor on ``device`` (e.g. a
+        wrapper of ``torch.distributed.all_reduce``); every rank must call ``end_batch`` at
+        the same batches.
         """
         self._batches += 1
         if self._batches < self.config.interval:
             return False
         self._batches = 0
-        acc = self._acc if self._acc is not None else torch.zeros(2, dtype=torch.float64)
-        self._acc = None
+        acc = self._acc
+        self._acc = torch.zeros(2, dtype=torch.float64, device=self.device)
         if reduce is not None:
             acc = reduce(acc)
         total, count = (float(v) for v in acc.cpu())
@@ -100,7 +102,7 @@ class AdaController:
 
     def state_dict(self) -> dict[str, Any]:
         """Plain values: p, r_t, the pending accumulators and the batch phase (for exact resume)."""
-        acc = [0.0, 0.0] if self._acc is None else [float(v) for v in self._acc.cpu()]
+        acc = [float(v) for v in self._acc.cpu()]
         return {"p": self.p, "rt": self.rt, "signs_sum": acc[0], "signs_n": acc[1], "batches": self._batches}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -108,6 +110,6 @@ class AdaController:
         if not (math.isfinite(self.p) and self.p >= 0):
             raise CleftGanError(f"checkpointed ADA p must be a finite number >= 0, got {self.p!r}")
         self.rt = None if state.get("rt") is None else float(state["rt"])
-        n = float(state.get("signs_n", 0.0))
-        self._acc = torch.tensor([float(state.get("signs_sum", 0.0)), n], dtype=torch.float64) if n else None
+        pending = [float(state.get("signs_sum", 0.0)), float(state.get("signs_n", 0.0))]
+        self._acc = torch.tensor(pending, dtype=torch.float64, device=self.device)
         self._batches = int(state.get("batches", 0))

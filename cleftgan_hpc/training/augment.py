@@ -118,8 +118,9 @@ class AugmentConfig:
     def from_spec(cls, spec: str | Sequence[Any] | Mapping[str, float] | None, **strengths: Any) -> AugmentConfig:
         """Build from a job spec's ``augment`` value.
 
-        Accepts a preset name, a list whose items are op names (weight 1), ``[op, weight]``
-        pairs or ``{op: weight}`` one-entry mappings, or a mapping ``{op: weight}``.
+        Accepts a preset name, a mapping ``{op: weight}``, or a list whose items are op names
+        (weight 1), ``[op, weight]`` pairs, ``{op: weight}`` or ``{"op": .., "weight": ..}``
+        mappings, or objects with ``op`` and ``weight`` attributes (the spec's AugmentOp).
         """
         if spec is None:
             return cls.preset("none", **strengths)
@@ -130,6 +131,10 @@ class AugmentConfig:
         for item in items:
             if isinstance(item, str):
                 ops.append((item, 1.0))
+            elif hasattr(item, "op") and hasattr(item, "weight"):
+                ops.append((item.op, item.weight))
+            elif isinstance(item, Mapping) and set(item) in ({"op"}, {"op", "weight"}):
+                ops.append((item["op"], item.get("weight", 1.0)))
             elif isinstance(item, Mapping) and len(item) == 1:
                 ops.append(next(iter(item.items())))
             elif isinstance(item, Sequence) and len(item) == 2 and isinstance(item[0], str):
@@ -317,8 +322,9 @@ def sample_params(
         a = _LUMA[0]
         cross[0, 1], cross[0, 2], cross[1, 0], cross[1, 2], cross[2, 0], cross[2, 1] = -a, a, a, -a, -a, a
         ct, st = torch.cos(theta)[:, None, None], torch.sin(theta)[:, None, None]
-        rot = i4 + st * cross + (1 - ct) * (vv - i4 + torch.diag(torch.tensor([0, 0, 0, 1.0], dtype=f64,
-                                                                                device=dev)))
+        i3 = torch.diag(torch.tensor([1.0, 1.0, 1.0, 0.0], dtype=f64, device=dev))
+        rot = ct * i3 + st * cross + (1 - ct) * vv  # [N, 4, 4]: cos I + sin [v]x + (1 - cos) v v'
+        rot[:, 3, 3] = 1
         color = torch.where(on[:, None, None], rot, i4) @ color
     if w("saturation"):
         on = fires("saturation")
@@ -483,6 +489,8 @@ class AugmentPipe(torch.nn.Module):
         if images.ndim != 4 or not images.is_floating_point():
             raise CleftGanError(f"augment expects float images [N, C, H, W], got {images.dtype} {tuple(images.shape)}")
         n, _, h, w = images.shape
+        if n == 0:
+            return images
         params = self.sample_params(n, h, w, generator)
         # half precision cannot place a sample to a fraction of a pixel at 1024 px: work in fp32
         out = images.float() if images.dtype in (torch.float16, torch.bfloat16) else images

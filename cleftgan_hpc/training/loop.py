@@ -211,14 +211,26 @@ class Trainer:
         self._opt_step(self.opt_G, self.g_params)
 
         # D main, and R1 every D_REG_INTERVAL batches (a separate optimiser step, as the reference).
+        # G's running averages (w_avg, magnitude_ema) update here; every round starts from the
+        # same values and the results are averaged over rounds and processes, so the outcome
+        # does not depend on how the batch is split.
+        emas = [b for name, b in G.named_buffers() if name.endswith(("w_avg", "magnitude_ema"))]
+        before = [b.clone() for b in emas]
+        summed = [torch.zeros_like(b) for b in emas]
         self.opt_D.zero_grad(set_to_none=True)
         for r in range(self.rounds):
             sl = slice(lo + r * self.per_round, lo + (r + 1) * self.per_round)
+            for b, b0 in zip(emas, before, strict=True):
+                b.copy_(b0)
             real, real_c = self.data.batch(real_idx[sl], dev)
             loss, s = self.loss.d_main(real, real_c, z_all[1, sl].to(dev), gen_c(1, sl), aug_gen("D", r))
             self._check(loss, "D")
             (loss / self.rounds).backward()
             add(s)
+            for acc, b in zip(summed, emas, strict=True):
+                acc += b
+        for b, acc in zip(emas, summed, strict=True):
+            b.copy_(distributed.all_sum(acc, self.dist_env.world_size) / (self.rounds * self.dist_env.world_size))
         self._opt_step(self.opt_D, self.d_params)
         if step % D_REG_INTERVAL == 0 and cfg.gamma > 0:
             self.opt_D.zero_grad(set_to_none=True)

@@ -58,6 +58,14 @@ def test_fid_matches_scipy_when_covariances_are_singular() -> None:
     assert fid_from_features(a, b) == pytest.approx(reference_fid(a, b), rel=1e-5)
 
 
+def test_rank_deficient_route_equals_the_covariance_route() -> None:
+    a, b = features(30, 48, 15), features(45, 48, 16, 0.3)
+    # the covariance route sums square roots of rounding-level eigenvalues (~1e-16 -> 1e-8
+    # each) where the exact answer has zeros, so it is the less precise of the two
+    assert fid_from_features(a, b) == pytest.approx(
+        frechet_distance(*feature_mean_cov(a), *feature_mean_cov(b)), rel=1e-7)
+
+
 def test_fid_of_a_set_with_itself_is_zero() -> None:
     a = features(500, 64, 5)
     assert fid_from_features(a, a) == pytest.approx(0.0, abs=1e-8)
@@ -109,6 +117,15 @@ def test_kid_subsets_follow_the_reference_procedure() -> None:
         want.append(direct_mmd2(x, y))
     assert np.allclose(got, want, rtol=1e-10)
     assert kid_from_features(real, fake, 5, 30, 3) == pytest.approx(np.mean(want))
+
+
+def test_precomputed_kernels_give_the_per_subset_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cleftgan_hpc.metrics import kid
+
+    real, fake = features(60, 6, 17), features(80, 6, 18, 0.2)
+    fast = kid_subsets(real, fake, num_subsets=4, max_subset_size=40, seed=1)
+    monkeypatch.setattr(kid, "PRECOMPUTE_MAX_ITEMS", 0)
+    assert np.allclose(fast, kid_subsets(real, fake, num_subsets=4, max_subset_size=40, seed=1), rtol=1e-12)
 
 
 def test_kid_subset_size_is_capped_by_the_smaller_set() -> None:

@@ -400,6 +400,12 @@ def test_augmentation_does_not_leak_at_moderate_p() -> None:
 # -- configuration -----------------------------------------------------------------------------------
 
 
+def test_the_spec_models_augment_values_are_accepted() -> None:
+    stages = pytest.importorskip("cleftgan_hpc.spec.stages")
+    ops = [stages.AugmentOp(op="xflip", weight=0.5), stages.AugmentOp(op="brightness")]
+    assert AugmentConfig.from_spec(ops).ops == (("xflip", 0.5), ("brightness", 1.0))
+
+
 def test_presets_and_spec_forms() -> None:
     assert [op for op, _ in AugmentConfig().ops] == list(ALL_OPS)
     assert AugmentConfig.from_spec("bgc") == AugmentConfig()
@@ -409,6 +415,8 @@ def test_presets_and_spec_forms() -> None:
     custom = AugmentConfig.from_spec([["rotate", 0.5], "xflip", {"hue": 2}])
     assert custom.ops == (("xflip", 1.0), ("rotate", 0.5), ("hue", 2.0))  # canonical order
     assert AugmentConfig.from_spec({"xflip": 1, "scale": 0}).ops == (("xflip", 1.0),)
+    assert AugmentConfig.from_spec([{"op": "scale", "weight": 0.25}, {"op": "hue"}]).ops == (
+        ("scale", 0.25), ("hue", 1.0))
     assert custom.has_geometric and custom.has_color and not AugmentConfig.from_spec("c").has_geometric
 
 
@@ -434,3 +442,19 @@ def test_p_is_validated_and_travels_in_the_state_dict() -> None:
     assert list(pipe.parameters()) == []
     with pytest.raises(CleftGanError, match="Generator"):
         pipe(torch.zeros(1, 3, 8, 8))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu_with_either_generator_and_keeps_half_precision() -> None:
+    pipe = AugmentPipe(AugmentConfig(), p=0.7)
+    x = torch.randn(8, 3, 32, 32)
+    on_cpu = pipe(x, gen(4))
+    on_gpu = pipe(x.cuda(), gen(4))  # a CPU generator may drive CUDA images: same draws
+    assert on_gpu.device.type == "cuda"
+    assert torch.allclose(on_cpu, on_gpu.cpu(), atol=1e-4)
+    g = torch.Generator(device="cuda").manual_seed(4)
+    half = pipe(x.cuda().half(), g)
+    assert half.dtype == torch.float16 and torch.isfinite(half).all()
+    big = torch.randn(2, 3, 256, 256, device="cuda", requires_grad=True)  # the convolution path
+    pipe(big, gen(5)).square().sum().backward()
+    assert big.grad is not None and torch.isfinite(big.grad).all()

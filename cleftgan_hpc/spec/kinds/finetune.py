@@ -57,17 +57,10 @@ class AugmentOp(Strict):
     weight: float = Field(1.0, ge=0, le=1, description="Multiplies p for this op.")
 
 
-class FinetuneStage(StageBase):
-    """Adapt a pretrained StyleGAN3 network to a small dataset with adaptive discriminator
-    augmentation (the CleftGAN recipe), checkpointing everything so it resumes exactly."""
+class FinetuneSettings(Strict):
+    """The training recipe: every finetune field except what it reads (a sweep varies these)."""
 
-    kind: Literal["finetune"]
-    network: NetworkInput = Field(
-        description="The starting network: an official pickle or our .safetensors (a path, store:KEY or "
-        "stage:NAME), or 'random' for a fresh network built from random_network."
-    )
     random_network: RandomNetwork = Field(default_factory=RandomNetwork, description="Used when network is 'random'.")
-    dataset: Input = Field(description="The training dataset zip (e.g. stage:dataset).")
     cfg: Literal["stylegan3-t", "stylegan3-r"] = Field(
         "stylegan3-t", description="Architecture for network: random (a loaded network keeps its own)."
     )
@@ -107,15 +100,44 @@ class FinetuneStage(StageBase):
     metrics: list[Literal["fid", "kid"]] = Field(
         default_factory=list, description="Metrics at each snapshot against the training set."
     )
+    metric_samples: int = Field(1000, ge=16, le=1_000_000, description="Generated images per metric evaluation.")
+    grid_seeds: int = Field(16, ge=1, le=256, description="Images in each snapshot's sample grid (fixed seeds).")
+    gpus: int = Field(0, ge=0, le=1024, description="GPUs to train on (one process each); 0 trains on the CPU.")
+    processes: int | None = Field(
+        None, ge=1, le=1024, description="Data-parallel processes; default one per GPU, or 1 on the CPU."
+    )
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
+        "auto", description="auto: fp16 on CUDA for the highest resolutions (as num_fp16_res), fp32 on CPU."
+    )
+
+    @property
+    def world_size(self) -> int:
+        return self.processes or max(self.gpus, 1)
+
+    @model_validator(mode="after")
+    def _batches(self) -> FinetuneSettings:
+        procs = self.world_size
+        if self.batch % procs:
+            raise ValueError(f"batch {self.batch} is not divisible by the {procs} processes")
+        per = self.batch_per_gpu or self.batch // procs
+        if (self.batch // procs) % per:
+            raise ValueError(f"batch per process {self.batch // procs} is not divisible by batch_per_gpu {per}")
+        return self
+
+
+class FinetuneStage(StageBase, FinetuneSettings):
+    """Adapt a pretrained StyleGAN3 network to a small dataset with adaptive discriminator
+    augmentation (the CleftGAN recipe), checkpointing everything so it resumes exactly."""
+
+    kind: Literal["finetune"]
+    network: NetworkInput = Field(
+        description="The starting network: an official pickle or our .safetensors (a path, store:KEY or "
+        "stage:NAME), or 'random' for a fresh network built from random_network."
+    )
+    dataset: Input = Field(description="The training dataset zip (e.g. stage:dataset).")
     feature_extractor: ExtractorInput | None = Field(
         None,
         description="Feature extractor TorchScript file for metrics (the Inception file); 'demo' uses our small one.",
-    )
-    metric_samples: int = Field(1000, ge=16, le=1_000_000, description="Generated images per metric evaluation.")
-    grid_seeds: int = Field(16, ge=1, le=256, description="Images in each snapshot's sample grid (fixed seeds).")
-    gpus: int = Field(0, ge=0, le=1024, description="GPUs (processes) to train on; 0 trains on the CPU.")
-    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
-        "auto", description="auto: fp16 on CUDA for the highest resolutions (as num_fp16_res), fp32 on CPU."
     )
 
     outputs: ClassVar[dict[str, str]] = {
@@ -127,13 +149,7 @@ class FinetuneStage(StageBase):
     default_output: ClassVar[str] = "network"
 
     @model_validator(mode="after")
-    def _batches(self) -> FinetuneStage:
-        per = self.batch_per_gpu or self.batch
-        procs = max(self.gpus, 1)
-        if self.batch % procs:
-            raise ValueError(f"batch {self.batch} is not divisible by the {procs} processes (gpus)")
-        if (self.batch // procs) % per:
-            raise ValueError(f"batch per process {self.batch // procs} is not divisible by batch_per_gpu {per}")
+    def _metrics_need_extractor(self) -> FinetuneStage:
         if self.metrics and self.feature_extractor is None:
             raise ValueError("metrics need feature_extractor: the Inception TorchScript file, or 'demo'")
         return self

@@ -1,0 +1,68 @@
+"""Glue for the training loop: features of a real set and of a generator, and FID/KID values."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+
+from cleftgan_hpc.errors import CleftGanError
+from cleftgan_hpc.metrics.cache import FeatureStats
+from cleftgan_hpc.metrics.features import FeatureExtractor, images_to_uint8
+from cleftgan_hpc.metrics.fid import feature_mean_cov, fid_from_features, frechet_distance
+from cleftgan_hpc.metrics.kid import kid_from_features
+
+
+def uint8_batches(images: Iterable[np.ndarray], batch_size: int) -> Iterator[torch.Tensor]:
+    """Dataset images (uint8 [H, W, C], as ``Dataset`` yields them) -> uint8 [n, C, H, W] batches."""
+    batch: list[np.ndarray] = []
+    for img in images:
+        batch.append(img)
+        if len(batch) == batch_size:
+            yield torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).contiguous()
+            batch = []
+    if batch:
+        yield torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).contiguous()
+
+
+def generated_features(
+    extractor: FeatureExtractor,
+    generate: Callable[[int, int], torch.Tensor],
+    num_images: int,
+    batch_size: int,
+) -> np.ndarray:
+    """Features [num_images, D] of generated images.
+
+    ``generate(start, n)`` returns images ``start .. start + n - 1`` as float [n, C, H, W] in
+    [-1, 1] (seeding by index keeps the set the same across snapshots and world sizes).
+    """
+    if num_images < 1 or batch_size < 1:
+        raise CleftGanError(f"need num_images >= 1 and batch_size >= 1, got {num_images}, {batch_size}")
+
+    def batches() -> Iterator[torch.Tensor]:
+        for start in range(0, num_images, batch_size):
+            n = min(batch_size, num_images - start)
+            with torch.no_grad():
+                yield images_to_uint8(generate(start, n))
+
+    return extractor.features(batches())
+
+
+def fid_kid(
+    real: FeatureStats,
+    fake_features: np.ndarray,
+    kid_num_subsets: int = 100,
+    kid_max_subset_size: int = 1000,
+    seed: int = 0,
+) -> dict[str, float]:
+    """{"fid": ..., "kid": ...} of generated features [N, D] against cached real statistics."""
+    fake = np.asarray(fake_features, dtype=np.float64)
+    if min(real.num_items, len(fake)) < real.dim:  # rank-deficient: the exact feature route is cheaper
+        fid = fid_from_features(real.features, fake)
+    else:
+        fid = frechet_distance(real.mean, real.cov, *feature_mean_cov(fake))
+    return {
+        "fid": fid,
+        "kid": kid_from_features(real.features, fake_features, kid_num_subsets, kid_max_subset_size, seed),
+    }
