@@ -12,6 +12,7 @@ import importlib
 import os
 import shutil
 import socket
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -103,7 +104,7 @@ def check_slurm() -> list[Check]:
         slurm_cmd(["scontrol", "ping"], timeout=15)
         slurm_cmd(["sacct", "-n", "-X", "-S", "now"], timeout=15)
     except Exception as exc:  # noqa: BLE001
-        return [Check("slurm", WARN, f"client tools found but the cluster does not answer: {exc}")]
+        return [Check("slurm", WARN, f"client tools found but the cluster does not answer: {str(exc).splitlines()[-1]}")]
     return [Check("slurm", OK, f"{', '.join(tools)} on PATH; slurmctld and accounting answer"
                                + (f" (SLURM_CONF={os.environ['SLURM_CONF']})" if "SLURM_CONF" in os.environ else ""))]
 
@@ -122,3 +123,24 @@ def preflight(store: Any) -> str | None:
         print(f"cleftgan-hpc doctor: {c}", flush=True)
     bad = [c for c in checks if c.level == FAIL]
     return f"doctor on {socket.gethostname()}: {bad[0].detail}" if bad else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m cleftgan_hpc.doctor`` = ``cleftgan-hpc doctor`` (same arguments)."""
+    import argparse
+
+    from cleftgan_hpc.errors import CleftGanError
+    from cleftgan_hpc.launch.commands import add_commands
+
+    p = argparse.ArgumentParser(prog="python -m cleftgan_hpc.doctor")
+    add_commands(p.add_subparsers(dest="command"))
+    args = p.parse_args(["doctor", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return int(args.func(args))
+    except CleftGanError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -105,7 +105,13 @@ log "built in $((SECONDS - t_build))s: $(docker image inspect -f '{{.Size}}' "$I
 # -- run: doctor, then the demo, with no network ------------------------------------------------------
 [[ "$(docker run --rm --network none --entrypoint id "$IMAGE" -u)" != 0 ]] || die "the image runs as root"
 log "cleftgan-hpc doctor (in the container)"
-docker run --rm --network none "$IMAGE" doctor --store file:///tmp/store | sed 's/^/  /' >&2 \
+if ! docker run --rm --network none "$IMAGE" --help | grep -qw doctor; then
+  log "  (doctor is not wired into the cli yet: running python -m cleftgan_hpc.doctor)"
+  doctor=(--entrypoint python "$IMAGE" -m cleftgan_hpc.doctor)
+else
+  doctor=("$IMAGE" doctor)
+fi
+docker run --rm --network none "${doctor[@]}" --store file:///tmp/store | sed 's/^/  /' >&2 \
   || die "doctor failed in the container"
 log "the demo (in the container, no network)"
 docker run --rm --network none -e CLEFTGAN_STORE=/tmp/store "$IMAGE" run /opt/cleftgan-hpc/jobs/demo.yaml \

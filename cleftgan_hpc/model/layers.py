@@ -107,7 +107,15 @@ class Conv2dLayer(nn.Module):
         else:
             x = F.conv2d(x, w, conv_b, padding=self.padding)
         if fold:
-            return ops.bias_act(x, None, act=self.activation, gain=1.0, clamp=clamp)
+            # In place on the conv's fresh output: leaky_relu_'s backward needs only its result.
+            if self.activation == "lrelu":
+                x = F.leaky_relu_(x, 0.2)
+            elif self.activation != "linear":
+                raise ValueError(f"unknown activation {self.activation!r}")
+            if clamp is not None and clamp >= 0:
+                grad = torch.is_grad_enabled() and x.requires_grad
+                x = x.clamp(-clamp, clamp) if grad else x.clamp_(-clamp, clamp)
+            return x
         return ops.bias_act(x, b, act=self.activation, gain=act_gain, clamp=clamp)
 
     def extra_repr(self) -> str:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,10 +32,11 @@ from cleftgan_hpc.training.loop import (
     total_steps,
 )
 from cleftgan_hpc.training.snapshot import curves_png, sample_grid
+from cleftgan_hpc.training.snapshot_metrics import SnapshotMetrics
 from cleftgan_hpc.training.state import CheckpointStore, stats_jsonl
 
 
-def load_data(cfg: FinetuneStage, ctx: StageContext) -> tuple[TrainData, dict[str, Any]]:
+def load_data(cfg: FinetuneStage, ctx: StageContext) -> tuple[TrainData, dict[str, Any], Path]:
     path = ctx.fetch(cfg.dataset)
     ds = open_dataset(path)
     images = torch.from_numpy(ds.array("NCHW").copy())  # [N, C, H, W] uint8
@@ -47,12 +50,19 @@ def load_data(cfg: FinetuneStage, ctx: StageContext) -> tuple[TrainData, dict[st
             labels = torch.nn.functional.one_hot(torch.from_numpy(ds.labels), int(ds.labels.max()) + 1).float()
         else:
             labels = torch.from_numpy(ds.labels.reshape(len(ds), -1)).float()
-    kwargs = {"path": cfg.dataset, "resolution": ds.resolution, "max_size": len(ds), "use_labels": cfg.conditional,
-              "xflip": cfg.mirror}
-    ctx.log.info(f"dataset {path.name}: {len(ds)} images at {ds.resolution}x{ds.resolution}, "
-                 f"{'labels ' + str(tuple(labels.shape[1:])) if labels is not None else 'no labels'}, "
-                 f"mirror {'on' if cfg.mirror else 'off'}")
-    return TrainData(images, labels, cfg.mirror), kwargs
+    kwargs = {
+        "path": cfg.dataset,
+        "resolution": ds.resolution,
+        "max_size": len(ds),
+        "use_labels": cfg.conditional,
+        "xflip": cfg.mirror,
+    }
+    ctx.log.info(
+        f"dataset {path.name}: {len(ds)} images at {ds.resolution}x{ds.resolution}, "
+        f"{'labels ' + str(tuple(labels.shape[1:])) if labels is not None else 'no labels'}, "
+        f"mirror {'on' if cfg.mirror else 'off'}"
+    )
+    return TrainData(images, labels, cfg.mirror), kwargs, path
 
 
 def build_networks(cfg: FinetuneStage, ctx: StageContext, data: TrainData, device: torch.device) -> Networks:
@@ -68,27 +78,48 @@ def build_networks(cfg: FinetuneStage, ctx: StageContext, data: TrainData, devic
         mult = 2 if is_r else 1
         torch.manual_seed(cfg.seed)  # the initial weights are part of the run's seed
         G = Generator(
-            r.z_dim, c_dim, r.w_dim, res, channels, mapping_kwargs={"num_layers": r.mapping_layers},
-            channel_base=r.channel_base * mult, channel_max=r.channel_max * mult, num_fp16_res=fp16_res,
-            low_precision_dtype=low, conv_kernel=1 if is_r else 3, use_radial_filters=is_r,
+            r.z_dim,
+            c_dim,
+            r.w_dim,
+            res,
+            channels,
+            mapping_kwargs={"num_layers": r.mapping_layers},
+            channel_base=r.channel_base * mult,
+            channel_max=r.channel_max * mult,
+            num_fp16_res=fp16_res,
+            low_precision_dtype=low,
+            conv_kernel=1 if is_r else 3,
+            use_radial_filters=is_r,
             magnitude_ema_beta=0.5 ** (cfg.batch / 20000),
         )
-        D = Discriminator(c_dim, res, channels, channel_base=r.channel_base, channel_max=r.channel_max,
-                          num_fp16_res=fp16_res, low_precision_dtype=low)
+        D = Discriminator(
+            c_dim,
+            res,
+            channels,
+            channel_base=r.channel_base,
+            channel_max=r.channel_max,
+            num_fp16_res=fp16_res,
+            low_precision_dtype=low,
+        )
         nets = copy_networks(G, D, None)
     else:
         net = load_network(ctx.fetch(cfg.network))
         if net.G is None or net.D is None:
-            raise CleftGanError(f"{cfg.network}: fine-tuning needs G and D; this file holds "
-                                f"{[k for k in ('G', 'D', 'G_ema') if getattr(net, k) is not None]}")
+            raise CleftGanError(
+                f"{cfg.network}: fine-tuning needs G and D; this file holds "
+                f"{[k for k in ('G', 'D', 'G_ema') if getattr(net, k) is not None]}"
+            )
         G, D = net.G, net.D
         if G.img_resolution != res or G.img_channels != channels:
             raise CleftGanError(
                 f"the network makes {G.img_resolution}x{G.img_resolution}x{G.img_channels} images but the dataset "
-                f"holds {res}x{res}x{channels}: preprocess to resolution {G.img_resolution}")
+                f"holds {res}x{res}x{channels}: preprocess to resolution {G.img_resolution}"
+            )
         if G.c_dim != c_dim:
-            raise CleftGanError(f"the network expects labels of width {G.c_dim}, the dataset gives {c_dim} "
-                                "(set conditional to match the network)")
+            raise CleftGanError(
+                f"the network expects labels of width {G.c_dim}, the dataset gives {c_dim} "
+                "(set conditional to match the network)"
+            )
         nets = copy_networks(G, D, net.G_ema)
     for m in (nets.G, nets.D, nets.G_ema):
         m.to(device)
@@ -104,7 +135,18 @@ def make_augment(cfg: FinetuneStage, device: torch.device) -> Any:
     return AugmentPipe(AugmentConfig.from_spec(spec), p=cfg.augment_p or 0.0).to(device)
 
 
-def run(cfg: FinetuneStage, ctx: StageContext) -> dict[str, str]:
+SnapshotHook = Callable[[dict[str, Any]], None]
+
+
+def run(
+    cfg: FinetuneStage, ctx: StageContext, *, on_snapshot: SnapshotHook | None = None, start_from: str | None = None
+) -> dict[str, str]:
+    """Train; resume from this stage's latest checkpoint when there is one.
+
+    ``on_snapshot`` receives {"kimg", "step", "checkpoint", <metrics>} after each snapshot's
+    checkpoint is written (a sweep reports it to Ray Tune); ``start_from`` is the store key of
+    a checkpoint to start from instead (a sweep trial cloned from another by PBT).
+    """
     d = distributed.detect()
     device = torch.device(f"cuda:{d.local_rank}" if ctx.device == "cuda" else "cpu")
     if device.type == "cuda":
@@ -112,39 +154,56 @@ def run(cfg: FinetuneStage, ctx: StageContext) -> dict[str, str]:
         torch.backends.cudnn.benchmark = True
     distributed.init(d, device)
     try:
-        return _train(cfg, ctx, d, device)
+        return _train(cfg, ctx, d, device, on_snapshot, start_from)
     finally:
         distributed.shutdown()
 
 
-def _train(cfg: FinetuneStage, ctx: StageContext, d: distributed.DistEnv, device: torch.device) -> dict[str, str]:
+def _train(
+    cfg: FinetuneStage,
+    ctx: StageContext,
+    d: distributed.DistEnv,
+    device: torch.device,
+    on_snapshot: SnapshotHook | None,
+    start_from: str | None,
+) -> dict[str, str]:
     log = ctx.log.info if d.is_main else (lambda _msg: None)
-    data, set_kwargs = load_data(cfg, ctx)
+    data, set_kwargs, dataset_file = load_data(cfg, ctx)
     nets = build_networks(cfg, ctx, data, device)
     trainer = Trainer(cfg, nets, data, make_augment(cfg, device), device, d, log)
     ckpts = CheckpointStore(ctx.store, ctx.key("checkpoints"), cfg.keep_checkpoints, ctx.scratch / "checkpoints")
-    state = ckpts.load_latest()
+    state = ckpts.load(start_from) if start_from else ckpts.load_latest()
     if state is not None:
         trainer.load_state(state)
-        log(f"resumed from step {trainer.progress.step} (kimg {trainer.progress.cur_nimg / 1000:.2f})")
+        where = f" ({start_from})" if start_from else ""
+        log(f"resumed from step {trainer.progress.step} (kimg {trainer.progress.cur_nimg / 1000:.2f}){where}")
     else:
         for m in (nets.G, nets.D, nets.G_ema):
             distributed.broadcast_module(m, d.world_size)
+    metrics = None
+    if cfg.metrics and d.is_main:
+        assert cfg.feature_extractor is not None  # the config validator guarantees it
+        metrics = SnapshotMetrics(
+            cfg.metrics, cfg.feature_extractor, dataset_file, data, cfg.metric_samples, cfg.seed, ctx, device
+        )
     prog = trainer.progress
     steps = total_steps(cfg)
     total_nimg = steps * cfg.batch
-    log(f"training {cfg.kimg:g} kimg = {steps} steps of batch {cfg.batch} on {d.world_size} x {device.type}, "
-        f"{trainer.rounds} round(s) of {trainer.per_round} per process")
+    log(
+        f"training {cfg.kimg:g} kimg = {steps} steps of batch {cfg.batch} on {d.world_size} x {device.type}, "
+        f"{trainer.rounds} round(s) of {trainer.per_round} per process"
+    )
     ticker = Ticker(total_nimg, log)
-    metrics_history: list[dict[str, float]] = list(state.get("metrics", [])) if state else []
+    history: list[dict[str, float]] = list(state.get("metrics", [])) if state else []
     window: dict[str, list[float]] = {}
     tick_nimg = max(cfg.batch, int(min(4000, total_nimg / 100)))
 
-    def checkpoint() -> None:
-        if d.is_main:
-            payload = trainer.state()
-            payload["metrics"] = metrics_history
-            ckpts.save(payload, prog.step, prog.best_key, ctx.log)
+    def checkpoint() -> str | None:
+        if not d.is_main:
+            return None
+        payload = trainer.state()
+        payload["metrics"] = history
+        return ckpts.save(payload, prog.step, prog.best_key, ctx.log)
 
     t_attempt = time.monotonic()
     while prog.step < steps:
@@ -162,9 +221,13 @@ def _train(cfg: FinetuneStage, ctx: StageContext, d: distributed.DistEnv, device
         t_attempt = time.monotonic()
         checkpointed = False
         if snapshot_due(cfg, prev, prog.cur_nimg) or prog.step == steps:
-            snapshot(cfg, ctx, trainer, metrics_history, device, d)
-            checkpoint()
+            values = snapshot(cfg, ctx, trainer, history, metrics, device) if d.is_main else {}
+            if values and (prog.best_metric is None or values[cfg.metrics[0]] < prog.best_metric):
+                prog.best_metric, prog.best_key = values[cfg.metrics[0]], ckpts.key_for(prog.step)
+            key = checkpoint()
             checkpointed = True
+            if on_snapshot is not None and d.is_main:
+                on_snapshot({"kimg": prog.cur_nimg / 1000, "step": prog.step, "checkpoint": key, **values})
         if prog.step < steps and _stop_requested(ctx, d):
             if not checkpointed:
                 checkpoint()
@@ -181,26 +244,45 @@ def _stop_requested(ctx: StageContext, d: distributed.DistEnv) -> bool:
     return bool(distributed.all_sum(flag, d.world_size).item() > 0)
 
 
-def snapshot(cfg: FinetuneStage, ctx: StageContext, trainer: Trainer, metrics_history: list[dict[str, float]],
-             device: torch.device, d: distributed.DistEnv) -> None:
+def snapshot(
+    cfg: FinetuneStage,
+    ctx: StageContext,
+    trainer: Trainer,
+    history: list[dict[str, float]],
+    metrics: SnapshotMetrics | None,
+    device: torch.device,
+) -> dict[str, float]:
+    """Grid, metrics, stats and curves of the current state (rank 0); returns the metric values."""
     prog = trainer.progress
     kimg = prog.cur_nimg / 1000
-    if not d.is_main:
-        return
     tag = f"{prog.cur_nimg:09d}"  # images shown
     ctx.store.put_bytes(ctx.key("samples", f"grid-{tag}.png"), sample_grid(trainer.nets.G_ema, cfg.grid_seeds, device))
+    values: dict[str, float] = {}
+    if metrics is not None:
+        values = metrics(trainer.nets.G_ema)
+        history.append({"kimg": kimg, **values})
+        ctx.store.put_text(ctx.key("metrics.jsonl"), stats_jsonl(history))
     ctx.store.put_text(ctx.key("stats.jsonl"), stats_jsonl(prog.stats))
-    ctx.store.put_bytes(ctx.key("curves.png"), curves_png(prog.stats, metrics_history))
-    ctx.log.info(f"snapshot at kimg {kimg:.2f}: samples/grid-{tag}.png, stats.jsonl, curves.png")
+    ctx.store.put_bytes(ctx.key("curves.png"), curves_png(prog.stats, history))
+    shown = " ".join(f"{k} {v:.4g}" for k, v in values.items())
+    ctx.log.info(f"snapshot at kimg {kimg:.2f}: samples/grid-{tag}.png {shown}".rstrip())
+    return values
 
 
-def export_network(cfg: FinetuneStage, ctx: StageContext, nets: Networks, augment_p: float,
-                   set_kwargs: dict[str, Any], key: str) -> None:
+def export_network(
+    cfg: FinetuneStage, ctx: StageContext, nets: Networks, augment_p: float, set_kwargs: dict[str, Any], key: str
+) -> None:
     from cleftgan_hpc.model import Network, save_checkpoint
 
     path = ctx.scratch / "network.safetensors"
-    net = Network(nets.G, nets.D, nets.G_ema, augment_p, set_kwargs,
-                  extra={"stage": ctx.stage, "run": ctx.run_id, "kimg": cfg.kimg, "config": json.loads(cfg.model_dump_json())})
+    net = Network(
+        nets.G,
+        nets.D,
+        nets.G_ema,
+        augment_p,
+        set_kwargs,
+        extra={"stage": ctx.stage, "run": ctx.run_id, "kimg": cfg.kimg, "config": json.loads(cfg.model_dump_json())},
+    )
     save_checkpoint(net, path)
     ctx.store.put_file(key, path)
     ctx.log.info(f"network -> {ctx.store.uri(key)}")

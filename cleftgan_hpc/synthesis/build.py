@@ -169,6 +169,10 @@ def synthesize(
     shutil.rmtree(scratch, ignore_errors=True)  # half-written tars of a killed attempt
     if todo:
         workers = cfg.workers if cfg.workers is not None else max(0, cpus - 1)
+        if device == "cpu":  # leave the encoders their cores: oversubscribed OpenMP threads spin and crawl
+            import torch
+
+            torch.set_num_threads(max(1, cpus - workers))
         pipe = Pipeline(g, recipe, store, scratch, device=device, workers=workers,
                         upload_concurrency=cfg.upload_concurrency, log=log, should_stop=should_stop,
                         on_images=on_images)

@@ -151,8 +151,11 @@ class Trainer:
     # -- resume --------------------------------------------------------------------------
     def state(self) -> dict:
         return {
-            "G": self.nets.G.state_dict(), "D": self.nets.D.state_dict(), "G_ema": self.nets.G_ema.state_dict(),
-            "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(),
+            "G": self.nets.G.state_dict(),
+            "D": self.nets.D.state_dict(),
+            "G_ema": self.nets.G_ema.state_dict(),
+            "opt_G": self.opt_G.state_dict(),
+            "opt_D": self.opt_D.state_dict(),
             "progress": progress_to_dict(self.progress),
         }
 
@@ -162,12 +165,19 @@ class Trainer:
         self.nets.G_ema.load_state_dict(state["G_ema"])
         self.opt_G.load_state_dict(state["opt_G"])
         self.opt_D.load_state_dict(state["opt_D"])
+        # The config's learning rates win over the saved ones (a PBT clone may have new ones).
+        for opt, lr, interval in (
+            (self.opt_G, self.cfg.glr, G_REG_INTERVAL),
+            (self.opt_D, self.cfg.dlr, D_REG_INTERVAL),
+        ):
+            for group in opt.param_groups:
+                group["lr"] = lr * interval / (interval + 1)
         self.progress = progress_from_dict(state["progress"])
 
     # -- one batch -------------------------------------------------------------------------
     def step(self) -> dict[str, float]:
         cfg, prog, dev = self.cfg, self.progress, self.device
-        G, D = self.nets.G, self.nets.D
+        G = self.nets.G
         step, rank = prog.step, self.dist_env.rank
         if self.augment is not None:
             self.augment.p = prog.ada_p

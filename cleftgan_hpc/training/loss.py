@@ -59,7 +59,11 @@ class Loss:
         return loss, {"loss_G": loss.detach(), "scores_fake": logits.detach().mean()}
 
     def d_main(
-        self, real: torch.Tensor, real_c: torch.Tensor | None, z: torch.Tensor, c: torch.Tensor | None,
+        self,
+        real: torch.Tensor,
+        real_c: torch.Tensor | None,
+        z: torch.Tensor,
+        c: torch.Tensor | None,
         gen: torch.Generator,
     ) -> tuple[torch.Tensor, dict]:
         with torch.no_grad():
@@ -74,8 +78,9 @@ class Loss:
             "n_real": torch.tensor(float(logits_real.shape[0])),
         }
 
-    def d_reg(self, real: torch.Tensor, real_c: torch.Tensor | None, gen: torch.Generator,
-              interval: int) -> tuple[torch.Tensor, dict]:
+    def d_reg(
+        self, real: torch.Tensor, real_c: torch.Tensor | None, gen: torch.Generator, interval: int
+    ) -> tuple[torch.Tensor, dict]:
         x = real.detach().requires_grad_(True)
         logits = self.run_D(x, real_c, gen)
         (grad,) = torch.autograd.grad(logits.sum(), x, create_graph=True)

@@ -20,7 +20,9 @@ def sample_grid(G_ema: torch.nn.Module, seeds: int, device: torch.device) -> byt
     if G_ema.c_dim:
         c = torch.zeros([seeds, G_ema.c_dim], device=device)
         c[torch.arange(seeds), torch.arange(seeds) % G_ema.c_dim] = 1
-    images = np.concatenate([to_uint8(G_ema(z[i:i + 8], None if c is None else c[i:i + 8])) for i in range(0, seeds, 8)])
+    images = np.concatenate(
+        [to_uint8(G_ema(z[i : i + 8], None if c is None else c[i : i + 8])) for i in range(0, seeds, 8)]
+    )
     grid = make_grid(images, cols=math.ceil(math.sqrt(seeds)))
     buf = io.BytesIO()
     Image.fromarray(grid[:, :, 0] if grid.shape[2] == 1 else grid).save(buf, format="PNG")
@@ -34,8 +36,12 @@ def curves_png(stats: list[dict[str, float]], metrics: list[dict[str, float]]) -
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("losses", ["loss_G", "loss_D"]), ("D scores", ["scores_real", "scores_fake"]),
-              ("R1 penalty", ["r1_penalty"]), ("augment p", ["augment_p"])]
+    panels = [
+        ("losses", ["loss_G", "loss_D"]),
+        ("D scores", ["scores_real", "scores_fake"]),
+        ("R1 penalty", ["r1_penalty"]),
+        ("augment p", ["augment_p"]),
+    ]
     names = sorted({k for m in metrics for k in m if k != "kimg"})
     if names:
         panels.append(("metrics", names))

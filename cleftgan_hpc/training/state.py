@@ -48,9 +48,12 @@ class CheckpointStore:
     def latest_key(self) -> str:
         return join_key(self.prefix, "latest.json")
 
+    def key_for(self, step: int) -> str:
+        return join_key(self.prefix, f"ckpt-{step:09d}.pt")
+
     def save(self, payload: dict[str, Any], step: int, best_key: str | None = None, log: Any = None) -> str:
         """Upload ``payload`` as the checkpoint of ``step`` and point latest.json at it."""
-        key = join_key(self.prefix, f"ckpt-{step:09d}.pt")
+        key = self.key_for(step)
         tmp = self.scratch / f".ckpt-{step:09d}.pt"  # big at 1024px: stream from disk, multipart on S3
         self.scratch.mkdir(parents=True, exist_ok=True)
         torch.save(payload, tmp)
@@ -73,9 +76,13 @@ class CheckpointStore:
         if not self.store.exists(self.latest_key):
             return None
         pointer = self.store.get_json(self.latest_key)
-        data = self.store.get_bytes(pointer["key"])
-        if pointer.get("sha256") and hashlib.sha256(data).hexdigest() != pointer["sha256"]:
-            raise CleftGanError(f"checkpoint {pointer['key']} does not match its recorded sha256; refusing to resume")
+        return self.load(pointer["key"], pointer.get("sha256"))
+
+    def load(self, key: str, sha256: str | None = None) -> dict[str, Any]:
+        """A checkpoint's payload (any stage's: a sweep clone starts from another trial's)."""
+        data = self.store.get_bytes(key)
+        if sha256 and hashlib.sha256(data).hexdigest() != sha256:
+            raise CleftGanError(f"checkpoint {key} does not match its recorded sha256; refusing to resume")
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
     def checkpoints(self) -> list[str]:

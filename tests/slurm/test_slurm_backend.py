@@ -61,6 +61,14 @@ def test_demo_runs_in_dependency_order_with_sacct_states(tmp_path: Path, capsys:
     table = format_status(make_plan(run.load_spec(), run.run_id), run, detail)
     assert "COMPLETED" in table and "done" in table
 
+    from cleftgan_hpc.launch.commands import cmd_logs
+
+    capsys.readouterr()
+    cmd_logs(argparse.Namespace(spec=str(tmp_path / "job.yaml"), stage="dataset", run=run.run_id, task=None))
+    logs = capsys.readouterr().out
+    assert f"{dataset_id}_0_log.out (stdout)" in logs and "stage dataset rank 0" in logs
+    assert "(stage log in the store)" in logs and "stage dataset done" in logs
+
     # Submitting the same run again skips what is done.
     from cleftgan_hpc.launch.commands import cmd_submit
 

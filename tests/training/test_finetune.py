@@ -129,3 +129,25 @@ stages:
     assert again.returncode == 0, again.stdout + again.stderr
     assert "resumed from step" in again.stdout
     assert json.loads((tmp_path / "store/runs/s-1/stages/train/status.json").read_text())["attempt"] == 2
+
+
+def test_metrics_at_snapshots_and_hook(tiny_dataset: Path, tmp_path: Path, make_ctx) -> None:
+    cfg = config(tiny_dataset, kimg=0.016, snapshot_kimg=0.008, augment="none", augment_p=None,
+                 metrics=["kid", "fid"], feature_extractor="demo", metric_samples=16)
+    seen: list[dict] = []
+    ctx = make_ctx(tmp_path)
+    finetune.run(cfg, ctx, on_snapshot=seen.append)
+    assert [round(s["kimg"], 3) for s in seen] == [0.008, 0.016]
+    for s in seen:
+        assert s["kid"] == s["kid"] and s["fid"] > 0  # finite numbers
+        assert ctx.store.exists(s["checkpoint"])
+    lines = ctx.store.get_text(ctx.key("metrics.jsonl")).splitlines()
+    assert len(lines) == 2 and '"kid"' in lines[0]
+    cache = [i.key for i in ctx.store.list("") if "feature" in i.key or "stats" in i.key.split("/")[0]]
+    assert cache, "real-set features are cached in the store"
+    # the real-set cache is used again by a second run on the same data
+    ctx2 = make_ctx(tmp_path, stage="again")
+    logs: list[str] = []
+    ctx2.log.info = logs.append  # type: ignore[method-assign]
+    finetune.run(cfg.model_copy(update={"kimg": 0.008}), ctx2)
+    assert any("from the cache" in line for line in logs)

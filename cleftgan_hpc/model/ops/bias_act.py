@@ -17,19 +17,25 @@ def bias_act(
     clamp: float | None = None,  # clamp the output to [-clamp, clamp]; None: no clamp
 ) -> torch.Tensor:
     """Same result as `reference.ref_bias_act`, fused where torch allows."""
+    grad = torch.is_grad_enabled() and (x.requires_grad or (b is not None and b.requires_grad))
+    owned = False  # whether x is a tensor this function created (safe to modify in place)
     if b is not None:
-        b = b.to(x.dtype).reshape([1, -1] + [1] * (x.ndim - 2))
+        x = x + b.to(x.dtype).reshape([1, -1] + [1] * (x.ndim - 2))
+        owned = True
     if act == "lrelu":
         gain = math.sqrt(2) if gain is None else gain
-        x = F.leaky_relu(x + b if b is not None else x, alpha)
+        # leaky_relu_'s backward needs only its result, so in place is fine even with autograd.
+        x = F.leaky_relu_(x, alpha) if owned else F.leaky_relu(x, alpha)
+        owned = True
     elif act == "linear":
         gain = 1.0 if gain is None else gain
-        if b is not None:
-            x = x + b
     else:
         raise ValueError(f"unknown activation {act!r}")
+    inplace = owned and not grad
     if gain != 1:
-        x = x * gain
+        x = x.mul_(gain) if inplace else x * gain
+        owned = True
+        inplace = not grad
     if clamp is not None and clamp >= 0:
-        x = x.clamp(-clamp, clamp)
+        x = x.clamp_(-clamp, clamp) if inplace else x.clamp(-clamp, clamp)
     return x

@@ -1,0 +1,110 @@
+"""The sweep stage's config: Ray Tune over fine-tune settings (ADA target, learning rates, gamma)."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from cleftgan_hpc.spec.kinds.finetune import ExtractorInput, FinetuneSettings, NetworkInput
+from cleftgan_hpc.spec.models import Input, StageBase, Strict
+
+Scalar = float | int | str | bool
+
+
+class Domain(Strict):
+    """Where one setting is searched: exactly one of grid, choice, uniform, loguniform."""
+
+    grid: list[Scalar] | None = Field(None, description="Every value, each in its own trials (a grid search).")
+    choice: list[Scalar] | None = Field(None, description="Values sampled uniformly.")
+    uniform: tuple[float, float] | None = Field(None, description="[low, high] sampled uniformly.")
+    loguniform: tuple[float, float] | None = Field(None, description="[low, high] sampled log-uniformly (> 0).")
+
+    @model_validator(mode="after")
+    def _one(self) -> Domain:
+        given = [k for k in ("grid", "choice", "uniform", "loguniform") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of grid, choice, uniform, loguniform (got {given or 'none'})")
+        for k in ("uniform", "loguniform"):
+            bounds = getattr(self, k)
+            if bounds is not None and not bounds[0] < bounds[1]:
+                raise ValueError(f"{k} needs low < high, got {list(bounds)}")
+        if self.loguniform is not None and self.loguniform[0] <= 0:
+            raise ValueError("loguniform bounds must be > 0")
+        if self.grid is not None and not self.grid or self.choice is not None and not self.choice:
+            raise ValueError("grid and choice need at least one value")
+        return self
+
+
+class TrialResources(Strict):
+    """What one trial gets from Ray."""
+
+    cpus: float = Field(1, gt=0, le=1024, description="CPU cores per trial.")
+    gpus: float = Field(0, ge=0, le=64, description="GPUs per trial (fractions share a GPU).")
+
+
+class SweepStage(StageBase):
+    """Tune the fine-tune on a small dataset with Ray Tune: each trial is the finetune stage
+    itself, reporting its metric and checkpoint at every snapshot; the best trial's network
+    becomes this stage's output."""
+
+    kind: Literal["sweep"]
+    network: NetworkInput = Field(description="The starting network of every trial (as finetune's network).")
+    dataset: Input = Field(description="The training dataset zip (as finetune's dataset).")
+    feature_extractor: ExtractorInput = Field(
+        description="Feature extractor file for the metric (the Inception TorchScript file); 'demo' for ours."
+    )
+    base: FinetuneSettings = Field(
+        default_factory=FinetuneSettings, description="The fine-tune settings every trial starts from."
+    )
+    space: dict[str, Domain] = Field(description="Fine-tune settings to vary, each with its domain.")
+    num_samples: int = Field(4, ge=1, le=10000, description="Trials (times each grid combination).")
+    metric: Literal["kid", "fid"] = Field("kid", description="What trials are compared by (lower is better).")
+    scheduler: Literal["asha", "pbt", "fifo"] = Field(
+        "asha", description="asha stops poor trials early; pbt clones good trials and mutates; fifo runs all."
+    )
+    grace_period_kimg: float = Field(
+        1, gt=0, description="ASHA: kimg every trial trains before it can be stopped."
+    )
+    reduction_factor: float = Field(2, gt=1, le=16, description="ASHA: keep 1/reduction_factor at each rung.")
+    perturbation_kimg: float = Field(1, gt=0, description="PBT: kimg between exploit/explore steps.")
+    search: Literal["random", "optuna"] = Field("random", description="Sampler: random (and grids), or Optuna TPE.")
+    max_concurrent: int = Field(0, ge=0, le=1024, description="Trials at once; 0 lets the resources decide.")
+    trial_resources: TrialResources = Field(default_factory=TrialResources, description="Resources of each trial.")
+    kimg_per_trial: float = Field(4, gt=0, le=1e5, description="Training length of a trial that is not stopped.")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of the search (trial t trains with seed + t).")
+
+    outputs: ClassVar[dict[str, str]] = {
+        "network": "network.safetensors",
+        "results_csv": "results.csv",
+        "results_json": "results.json",
+        "plot": "metric_vs_kimg.png",
+    }
+    default_output: ClassVar[str] = "network"
+
+    @field_validator("space")
+    @classmethod
+    def _known_fields(cls, v: dict[str, Domain]) -> dict[str, Domain]:
+        import difflib
+
+        known = set(FinetuneSettings.model_fields)
+        for name in v:
+            if name not in known:
+                close = difflib.get_close_matches(name, sorted(known), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ValueError(f"space: {name!r} is not a fine-tune setting{hint}")
+            if name in ("random_network", "metrics", "augment"):
+                raise ValueError(f"space: {name!r} cannot be searched; search scalar settings such as ada_target")
+        if not v:
+            raise ValueError("space is empty: name at least one setting to vary, e.g. ada_target")
+        return v
+
+    @model_validator(mode="after")
+    def _schedule(self) -> SweepStage:
+        if self.scheduler == "pbt" and any(d.grid is not None for d in self.space.values()):
+            raise ValueError("pbt mutates settings; use choice/uniform/loguniform rather than grid")
+        if self.scheduler == "asha" and self.grace_period_kimg > self.kimg_per_trial:
+            raise ValueError("grace_period_kimg is longer than kimg_per_trial: nothing could be stopped early")
+        if self.base.snapshot_kimg > self.kimg_per_trial:
+            raise ValueError("base.snapshot_kimg exceeds kimg_per_trial: trials would report no metric")
+        return self

@@ -1,0 +1,64 @@
+"""render, doctor and the argument wiring of the batch commands (no cluster needed)."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from cleftgan_hpc.errors import LaunchError
+from cleftgan_hpc.launch.commands import add_commands, cmd_doctor, cmd_render, cmd_submit
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser()
+    add_commands(p.add_subparsers(dest="command", required=True))
+    return p
+
+
+def spec(tmp_path: Path, backend: str = "slurm") -> Path:
+    path = tmp_path / "job.yaml"
+    path.write_text(textwrap.dedent(f"""
+        name: demo
+        backend: {backend}
+        stages:
+          faces: {{kind: demo_data, count: 2}}
+        """))
+    return path
+
+
+def test_commands_parse() -> None:
+    p = parser()
+    assert p.parse_args(["submit", "j.yaml", "--run", "r1"]).func is cmd_submit
+    a = p.parse_args(["logs", "j.yaml", "faces", "--task", "3"])
+    assert (a.stage, a.task) == ("faces", 3)
+    assert p.parse_args(["render", "j.yaml", "--stage", "faces"]).func is cmd_render
+    assert p.parse_args(["doctor"]).func is cmd_doctor
+
+
+def test_render_creates_the_run_and_prints_a_script(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    path = spec(tmp_path)
+    assert cmd_render(parser().parse_args(["render", str(path), "--stage", "faces", "--run", "demo-r1"])) == 0
+    out = capsys.readouterr()
+    assert out.out.startswith("#!/bin/bash\n") and "--run demo-r1 --stage faces" in out.out
+    subprocess.run(["bash", "-n"], input=out.out, text=True, check=True)
+    assert (tmp_path / "store" / "runs" / "demo-r1" / "spec.yaml").exists()
+    assert (tmp_path / "slurm-logs" / "demo-r1" / "faces").is_dir()
+
+
+def test_submit_refuses_a_local_spec(tmp_path: Path) -> None:
+    with pytest.raises(LaunchError, match="backend: slurm"):
+        cmd_submit(parser().parse_args(["submit", str(spec(tmp_path, "local"))]))
+
+
+def test_doctor_checks_the_store(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code = cmd_doctor(parser().parse_args(["doctor", "--store", f"file://{tmp_path}/st"]))
+    out = capsys.readouterr().out
+    assert "[  ok] torch" in out and "store" in out and "writable" in out
+    assert "kernels" in out  # compiled, or the loud FALLBACK line
+    assert code == 0
+    code = cmd_doctor(parser().parse_args(["doctor", "--store", "file:///proc/nope", "--gpus", "0"]))
+    assert code == 1 and "[FAIL] store" in capsys.readouterr().out
