@@ -104,7 +104,8 @@ def check_slurm() -> list[Check]:
         slurm_cmd(["scontrol", "ping"], timeout=15)
         slurm_cmd(["sacct", "-n", "-X", "-S", "now"], timeout=15)
     except Exception as exc:  # noqa: BLE001
-        return [Check("slurm", WARN, f"client tools found but the cluster does not answer: {str(exc).splitlines()[-1]}")]
+        why = str(exc).splitlines()[-1]
+        return [Check("slurm", WARN, f"client tools found but the cluster does not answer: {why}")]
     return [Check("slurm", OK, f"{', '.join(tools)} on PATH; slurmctld and accounting answer"
                                + (f" (SLURM_CONF={os.environ['SLURM_CONF']})" if "SLURM_CONF" in os.environ else ""))]
 

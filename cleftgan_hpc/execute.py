@@ -70,6 +70,7 @@ def execute_stage(store_cfg: StoreConfig, run_id: str, stage: str, task: int | N
         stage=stage,
         scratch=scratch,
         log=log,
+        store_config=store_cfg,
         task=task,
         device="cuda" if planned.resources.gpus and _cuda_available() else "cpu",
         cpus=_cpus(planned.resources.cpus_per_task),

@@ -9,8 +9,9 @@ from __future__ import annotations
 import importlib.metadata as md
 import re
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 EXTRA = ["submitit", "torch"]  # submitit: the Slurm backend runs it inside the container

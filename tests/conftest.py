@@ -19,12 +19,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 from services.s3_server import S3Server, start_s3_server  # noqa: E402
 
+from cleftgan_hpc.data.dataset import write_dataset  # noqa: E402
 from cleftgan_hpc.storage.base import ObjectStore  # noqa: E402
 
 TEST_BUCKET = "cleftgan-test"
@@ -83,3 +85,14 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
 
         return LocalStore(tmp_path / "store")
     return request.getfixturevalue("s3_store_factory")()
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """12 smooth random 32x32 RGB images with integer labels 0..2."""
+    rng = np.random.RandomState(0)
+    base = rng.rand(12, 4, 4, 3)
+    images = [(np.kron(b, np.ones((8, 8, 1))) * 255).astype(np.uint8) for b in base]
+    path = tmp_path_factory.mktemp("data") / "tiny.zip"
+    write_dataset(path, images, labels=[i % 3 for i in range(12)])
+    return path

@@ -170,20 +170,18 @@ def render_script(spec: JobSpec, run_id: str, stage: str, default_python: str) -
     lines += [sbatch_flag(k, v) for k, v in opts.items()]
     lines += ["", "# log_dir must exist before sbatch opens the log:", f"#   mkdir -p {shlex.quote(str(log_dir))}"]
     lines += ["", "# setup", *setup_lines(spec, res)]
-    if shape.array_tasks:
-        lines += ['export CLEFTGAN_TASK_INDEX="${SLURM_ARRAY_TASK_ID}"',
-                  f"export CLEFTGAN_TASK_COUNT={shape.array_tasks}"]
     cmd = ["srun", "--unbuffered", *srun_words(spec), *python_words(spec, default_python), "-u", "-m",
            "cleftgan_hpc.execute", "--store", json.dumps(spec.store.model_dump(mode="json")),
            "--run", run_id, "--stage", stage]
+    line = shlex.join(cmd) + (' --task "${SLURM_ARRAY_TASK_ID}"' if shape.array_tasks else "")
     lines += ["", "# the stage (exit 75: stopped on request with a checkpoint written: requeue)",
-              shlex.join(cmd), "rc=$?",
+              line, "rc=$?",
               'job="${SLURM_ARRAY_JOB_ID:-$SLURM_JOB_ID}${SLURM_ARRAY_TASK_ID:+_$SLURM_ARRAY_TASK_ID}"',
               'if [ "$rc" -eq 75 ]; then scontrol requeue "$job"; fi',
               'exit "$rc"', ""]
     if shape.array_tasks:
-        lines.insert(-1, f"# after all tasks: one more run without CLEFTGAN_TASK_INDEX commits the stage "
-                         f"(sbatch --dependency=afterok:<this job> with CLEFTGAN_TASK_COUNT={shape.array_tasks})")
+        lines.insert(-1, "# after all tasks, the same command without --task commits the stage "
+                         "(e.g. this script without --array, with --dependency=afterok:<this job>)")
     return "\n".join(lines)
 
 

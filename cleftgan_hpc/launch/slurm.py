@@ -10,13 +10,13 @@ What `submit` makes of a plan
     cleftgan_hpc.execute`` for the stage in a child process, inside the spec's container.
 
 Contract for stage configs (optional attributes, read in the submitting process only)
-  - ``array_tasks(self) -> int``: N > 0 makes the stage an array of N tasks. Task i runs with
-    ``CLEFTGAN_TASK_INDEX=i`` and ``CLEFTGAN_TASK_COUNT=N`` in its environment (global indices:
-    an array larger than the cluster's MaxArraySize, or slurm.max_array_size, is split into
-    several array jobs, chained so that at most ``slurm.array_parallelism`` tasks run at once).
-    After every task succeeded, one commit job runs the stage once more with
-    ``CLEFTGAN_TASK_COUNT=N`` and ``CLEFTGAN_TASK_COMMIT=1`` (and no task index): it writes the
-    manifest and the stage result. Tasks must be idempotent (create-only puts per shard).
+  - ``array_tasks(self) -> int``: N > 0 makes the stage an array of N tasks. Task i runs
+    ``execute_stage(..., task=i)`` (``python -m cleftgan_hpc.execute ... --task i``, so
+    ``ctx.task == i``), with global indices: an array larger than the cluster's MaxArraySize,
+    or slurm.max_array_size, is split into several array jobs, chained so that at most
+    ``slurm.array_parallelism`` tasks run at once. After every task succeeded, one commit job
+    runs the stage once more without a task: it finds the parts done, writes the manifest and
+    the stage result. Tasks must be idempotent (create-only puts per shard).
   - ``task_per_gpu: ClassVar[bool] = True``: one srun task per GPU (``--ntasks-per-node`` =
     resources.gpus, on resources.nodes nodes); the stage reads its rank from SLURM_PROCID,
     SLURM_LOCALID, SLURM_NTASKS (submitit's JobEnvironment gives the same).
@@ -100,17 +100,6 @@ class StageJob:
 
     def __call__(self) -> int:
         self._t0 = time.monotonic()
-        env = dict(os.environ)
-        if self.task_count:
-            env["CLEFTGAN_TASK_COUNT"] = str(self.task_count)
-            if self.task_index is None:
-                env["CLEFTGAN_TASK_COMMIT"] = "1"
-            else:
-                env["CLEFTGAN_TASK_INDEX"] = str(self.task_index)
-                # Tasks of one array may share a node: each gets its own scratch directory.
-                from cleftgan_hpc.execute import scratch_root
-
-                env["CLEFTGAN_SCRATCH"] = str(scratch_root() / f"task-{self.task_index}")
         rank = int(os.environ.get("SLURM_PROCID", "0"))
         what = "commit" if self.task_count and self.task_index is None else (
             f"task {self.task_index}/{self.task_count}" if self.task_count else f"rank {rank}")
@@ -127,7 +116,9 @@ class StageJob:
         signal.signal(signal.SIGTERM, self._on_term)
         cmd = [sys.executable, "-u", "-m", "cleftgan_hpc.execute", "--store", json.dumps(self.store),
                "--run", self.run_id, "--stage", self.stage]
-        self._child = subprocess.Popen(cmd, env=env)
+        if self.task_index is not None:
+            cmd += ["--task", str(self.task_index)]
+        self._child = subprocess.Popen(cmd)
         code = self._wait(None)
         say(f"cleftgan-hpc: stage {self.stage} exited with {code}")
         if code == 0:

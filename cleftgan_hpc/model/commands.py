@@ -3,12 +3,30 @@
 from __future__ import annotations
 
 import argparse
+import re
 from typing import Any
 
 
-def _seeds(text: str) -> list[int]:
-    from .generate import parse_seeds  # numpy only; still deferred to keep CLI start-up fast
+def parse_seeds(text: str) -> list[int]:
+    """'0-3,7,10-11' -> [0, 1, 2, 3, 7, 10, 11]."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if not m:
+            raise ValueError(f"bad seed range {part!r} (expected e.g. 0-15 or 1,5,9)")
+        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+        if hi < lo:
+            raise ValueError(f"bad seed range {part!r}: end before start")
+        if hi >= 2**32:
+            raise ValueError(f"seed {hi} is out of range (seeds are < 2**32)")
+        seeds.extend(range(lo, hi + 1))
+        if len(seeds) > 1_000_000:
+            raise ValueError("more than a million seeds: split the job")
+    return seeds
 
+
+def _seeds(text: str) -> list[int]:
     try:
         return parse_seeds(text)
     except ValueError as e:

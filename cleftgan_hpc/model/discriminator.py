@@ -178,6 +178,7 @@ class Discriminator(nn.Module):
         )  # fmt: skip
         self.c_dim, self.img_resolution, self.img_channels = c_dim, img_resolution, img_channels
         self.low_dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}[low_precision_dtype]
+        self.low_precision_on_cpu = False  # tests only: allow the low-precision path on CPU
         log2 = int(np.log2(img_resolution))
         self.block_resolutions = [2**i for i in range(log2, 2, -1)]
         channels = {res: min(channel_base // res, channel_max) for res in self.block_resolutions + [4]}
@@ -212,7 +213,7 @@ class Discriminator(nn.Module):
     ) -> torch.Tensor:  # [N, 1]
         del update_emas
         n = img.shape[0]
-        step = n if ops.using_plain_ops() else self._batch_chunk(n)
+        step = n if ops.using_plain_ops() or img.device.type != "cpu" else self._batch_chunk(n)
         # The blocks treat samples independently: large images run in chunks of the batch so
         # every intermediate stays small (see ops/filtered_lrelu.py); the epilogue mixes samples.
         x = torch.cat([self._blocks(chunk, force_fp32) for chunk in img.split(step)]) if step < n else None
@@ -237,7 +238,8 @@ class Discriminator(nn.Module):
         x = None
         for res in self.block_resolutions:
             block = getattr(self, f"b{res}")
-            low = block.use_fp16 and not force_fp32 and img.device.type == "cuda"
+            on_device = img.device.type == "cuda" or self.low_precision_on_cpu
+            low = block.use_fp16 and not force_fp32 and on_device
             x = block(x, img, dtype=self.low_dtype if low else torch.float32)
         assert x is not None
         return x

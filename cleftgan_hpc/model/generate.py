@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,28 +12,14 @@ import torch
 from PIL import Image
 
 from ..errors import CleftGanError
+from .commands import parse_seeds
 from .generator import Generator
+
+__all__ = ["GenerateError", "generate_images", "make_grid", "make_transform", "parse_seeds", "save_images"]
 
 
 class GenerateError(CleftGanError):
     """A generate request does not fit the network (class label, output path...)."""
-
-
-def parse_seeds(text: str) -> list[int]:
-    """'0-3,7,10-11' -> [0, 1, 2, 3, 7, 10, 11]."""
-    seeds: list[int] = []
-    for part in text.split(","):
-        part = part.strip()
-        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
-        if not m:
-            raise ValueError(f"bad seed range {part!r} (expected e.g. 0-15 or 1,5,9)")
-        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
-        if hi < lo:
-            raise ValueError(f"bad seed range {part!r}: end before start")
-        if hi >= 2**32:
-            raise ValueError(f"seed {hi} is out of range (seeds are < 2**32)")
-        seeds.extend(range(lo, hi + 1))
-    return seeds
 
 
 def seed_to_z(seed: int, z_dim: int) -> np.ndarray:

@@ -51,7 +51,9 @@ class Generator(nn.Module):
         truncation_cutoff: int | None = None,  # truncate only the first ws
         update_emas: bool = False,  # track w_avg / magnitude_ema (training)
         force_fp32: bool = False,  # never use low precision
+        noise_mode: str = "const",  # accepted for compatibility with StyleGAN2 callers; StyleGAN3 has no noise
     ) -> torch.Tensor:  # [N, img_channels, H, W]
+        del noise_mode
         ws = self.mapping(
             z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff, update_emas=update_emas
         )

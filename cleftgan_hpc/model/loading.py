@@ -21,13 +21,13 @@ def load_network(path: str | os.PathLike[str]) -> Network:
         with open(path, "rb") as f:
             head = f.read(16)
             f.seek(0)
-            if head[:1] == b"\x80":
-                net = Network(**read_official_pickle(f))
-                if net.G_ema is not None:
-                    net.G_ema.requires_grad_(False)
-                return net
+            net = Network(**read_official_pickle(f)) if head[:1] == b"\x80" else None
     except OSError as e:
         raise NetworkFormatError(f"cannot open network file {path}: {e.strerror or e}") from e
-    if len(head) >= 9 and head[8:9] == b"{":
-        return load_checkpoint(path)
-    raise NetworkFormatError(f"{path}: neither a StyleGAN3 pickle nor a cleftgan-hpc network file")
+    if net is None:
+        if not (len(head) >= 9 and head[8:9] == b"{"):
+            raise NetworkFormatError(f"{path}: neither a StyleGAN3 pickle nor a cleftgan-hpc network file")
+        net = load_checkpoint(path)
+    if net.G_ema is not None:
+        net.G_ema.requires_grad_(False)  # the EMA copy is never trained directly
+    return net

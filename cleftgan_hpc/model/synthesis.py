@@ -14,9 +14,15 @@ from .filters import design_lowpass_filter
 from .layers import FullyConnectedLayer
 
 
-def _compute_dtype(use_low_precision: bool, x: torch.Tensor, low_dtype: torch.dtype, force_fp32: bool) -> torch.dtype:
-    """float32 on CPU or when forced; the low-precision dtype on CUDA for the layers that allow it."""
-    if use_low_precision and not force_fp32 and x.device.type == "cuda":
+def _compute_dtype(
+    use_low_precision: bool, x: torch.Tensor, low_dtype: torch.dtype | None, force_fp32: bool
+) -> torch.dtype:
+    """float32 on CPU or when forced; the low-precision dtype on CUDA for the layers that allow it.
+
+    low_dtype None means no low precision at all; the network passes it only for CUDA inputs
+    (or on CPU when its `low_precision_on_cpu` switch is set, for tests).
+    """
+    if use_low_precision and not force_fp32 and low_dtype is not None:
         return low_dtype
     return torch.float32
 
@@ -147,7 +153,7 @@ class SynthesisLayer(nn.Module):
         w: torch.Tensor,  # [N, w_dim]
         update_emas: bool = False,  # track magnitude_ema (training)
         force_fp32: bool = False,  # never use low precision
-        low_dtype: torch.dtype = torch.float16,  # the low-precision dtype on CUDA
+        low_dtype: torch.dtype | None = None,  # the low-precision dtype (None: float32 throughout)
     ) -> torch.Tensor:  # [N, out_channels, out_h, out_w]
         if update_emas:
             with torch.no_grad():
@@ -218,6 +224,7 @@ class SynthesisNetwork(nn.Module):
         self.num_layers, self.num_critical, self.margin_size = num_layers, num_critical, margin_size
         self.output_scale, self.num_fp16_res, self.channels_last = output_scale, num_fp16_res, channels_last
         self.low_dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}[low_precision_dtype]
+        self.low_precision_on_cpu = False  # tests only: allow the low-precision path on CPU
 
         # Geometric progression of cutoffs and stopbands, from the first layer to the last.
         last_cutoff = img_resolution / 2
@@ -273,25 +280,20 @@ class SynthesisNetwork(nn.Module):
         ws: torch.Tensor,  # [N, num_ws, w_dim]
         update_emas: bool = False,  # track magnitude_ema (training)
         force_fp32: bool = False,  # never use low precision
+        noise_mode: str = "const",  # accepted for compatibility with StyleGAN2 callers; StyleGAN3 has no noise
     ) -> torch.Tensor:  # [N, img_channels, img_resolution, img_resolution]
+        del noise_mode
         if ws.ndim != 3 or ws.shape[1] != self.num_ws or ws.shape[2] != self.w_dim:
             raise ValueError(f"ws must be [N, {self.num_ws}, {self.w_dim}], got {list(ws.shape)}")
         n = ws.shape[0]
-        step = n if ops.using_plain_ops() else self._batch_chunk(n)
+        chunkable = not (update_emas or ops.using_plain_ops()) and ws.device.type == "cpu"
+        step = self._batch_chunk(n) if chunkable else n
         if step >= n:
             return self._run(ws, update_emas, force_fp32)
-        # Large images: run the whole stack one chunk of the batch at a time, so every
-        # intermediate stays small (allocation and cache, see ops/filtered_lrelu.py). The
-        # magnitude EMAs are then updated once, from the whole batch's input magnitudes.
-        sums: dict[str, torch.Tensor] | None = {} if update_emas else None
-        img = torch.cat([self._run(chunk, False, force_fp32, sums) for chunk in ws.split(step)])
-        if sums is not None:
-            with torch.no_grad():
-                for name in self.layer_names:
-                    layer = getattr(self, name)
-                    magnitude = (sums[name] / sums[name + ".count"]).to(layer.magnitude_ema.dtype)
-                    layer.magnitude_ema.copy_(magnitude.lerp(layer.magnitude_ema, layer.magnitude_ema_beta))
-        return img
+        # Large images on CPU: run the whole stack one chunk of the batch at a time, so every
+        # intermediate stays small (allocation and cache, see ops/filtered_lrelu.py). Not when
+        # updating the magnitude EMAs: each layer uses its EMA updated from the whole batch.
+        return torch.cat([self._run(chunk, False, force_fp32) for chunk in ws.split(step)])
 
     def _batch_chunk(self, n: int) -> int:
         """Samples per chunk so that no layer's conv output exceeds the chunk budget."""
@@ -307,22 +309,17 @@ class SynthesisNetwork(nn.Module):
     def _run(
         self,
         ws: torch.Tensor,  # [n, num_ws, w_dim]
-        update_emas: bool,  # let each layer update its own magnitude EMA
+        update_emas: bool,  # update the magnitude EMAs (training)
         force_fp32: bool,  # never use low precision
-        sums: dict[str, torch.Tensor] | None = None,  # accumulate input sums of squares / counts here
-    ) -> torch.Tensor:
+    ) -> torch.Tensor:  # [n, img_channels, res, res]
         ws_list = ws.to(torch.float32).unbind(1)
         x = self.input(ws_list[0])
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         x = x.contiguous(memory_format=fmt)
         for name, w in zip(self.layer_names, ws_list[1:], strict=True):
-            if sums is not None:
-                with torch.no_grad():
-                    sq = x.detach().to(torch.float32).square().sum()
-                    sums[name] = sums.get(name, 0) + sq
-                    sums[name + ".count"] = sums.get(name + ".count", 0) + x.numel()
             layer = getattr(self, name)
-            x = layer(x, w, update_emas=update_emas, force_fp32=force_fp32, low_dtype=self.low_dtype)
+            low = self.low_dtype if (x.device.type == "cuda" or self.low_precision_on_cpu) else None
+            x = layer(x, w, update_emas=update_emas, force_fp32=force_fp32, low_dtype=low)
         if self.output_scale != 1:
             x = x * self.output_scale
         return x.to(torch.float32).contiguous()

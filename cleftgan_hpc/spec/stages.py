@@ -12,18 +12,23 @@ from pydantic import Field
 from cleftgan_hpc.spec.kinds.demo_data import DemoDataStage
 from cleftgan_hpc.spec.kinds.finetune import AugmentOp, FinetuneStage, RandomNetwork
 from cleftgan_hpc.spec.kinds.preprocess import PreprocessStage
+from cleftgan_hpc.spec.kinds.sweep import SweepStage
 from cleftgan_hpc.spec.kinds.synthesize import SynthesizeStage
 from cleftgan_hpc.spec.models import StageBase
 
 AnyStage = Annotated[
-    PreprocessStage | DemoDataStage | FinetuneStage | SynthesizeStage, Field(discriminator="kind")
+    PreprocessStage | DemoDataStage | FinetuneStage | SweepStage | SynthesizeStage, Field(discriminator="kind")
 ]
 
 KINDS: dict[str, type[StageBase]] = {
     "preprocess": PreprocessStage,
     "demo_data": DemoDataStage,
     "finetune": FinetuneStage,
+    "sweep": SweepStage,
     "synthesize": SynthesizeStage,
 }
 
-__all__ = ["AnyStage", "AugmentOp", "DemoDataStage", "FinetuneStage", "KINDS", "PreprocessStage", "RandomNetwork"]
+__all__ = [
+    "AnyStage", "AugmentOp", "DemoDataStage", "FinetuneStage", "KINDS", "PreprocessStage", "RandomNetwork",
+    "SweepStage", "SynthesizeStage",
+]

@@ -38,10 +38,17 @@ def _synthesize() -> StageFn:
     return run
 
 
+def _sweep() -> StageFn:
+    from cleftgan_hpc.stages.sweep import run
+
+    return run
+
+
 RUNNERS: dict[str, Callable[[], StageFn]] = {
     "preprocess": _preprocess,
     "demo_data": _demo_data,
     "finetune": _finetune,
+    "sweep": _sweep,
     "synthesize": _synthesize,
 }
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from cleftgan_hpc.errors import CleftGanError
 from cleftgan_hpc.progress import Progress
-from cleftgan_hpc.spec.models import stage_ref
+from cleftgan_hpc.spec.models import StoreConfig, stage_ref
 from cleftgan_hpc.storage.base import ObjectStore, join_key
 
 EXIT_REQUEUE = 75  # EX_TEMPFAIL: stopped on request with a checkpoint written; run me again
@@ -42,6 +42,7 @@ class StageContext:
     cpus: int = 1
     rank: int = 0
     world_size: int = 1
+    store_config: StoreConfig | None = None  # how to open the store again (for trials and subprocesses)
     task: int | None = None  # array task index (one part of a split stage); None: the whole stage / its commit
     outputs_of: dict[str, dict[str, str]] = field(default_factory=dict)  # stage -> output -> store key
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)

@@ -206,6 +206,7 @@ def _train(
         return ckpts.save(payload, prog.step, prog.best_key, ctx.log)
 
     t_attempt = time.monotonic()
+    reported = False
     while prog.step < steps:
         prev = prog.cur_nimg
         stats = trainer.step()
@@ -228,11 +229,22 @@ def _train(
             checkpointed = True
             if on_snapshot is not None and d.is_main:
                 on_snapshot({"kimg": prog.cur_nimg / 1000, "step": prog.step, "checkpoint": key, **values})
+                reported = True
         if prog.step < steps and _stop_requested(ctx, d):
             if not checkpointed:
                 checkpoint()
             raise StopRequested(f"at step {prog.step} (kimg {prog.cur_nimg / 1000:.2f})")
 
+    if on_snapshot is not None and d.is_main and not reported and history:
+        # Resumed after the end (e.g. a restored sweep trial): report where training finished.
+        on_snapshot(
+            {
+                "kimg": prog.cur_nimg / 1000,
+                "step": prog.step,
+                "checkpoint": ckpts.key_for(prog.step),
+                **{k: v for k, v in history[-1].items() if k != "kimg"},
+            }
+        )
     outputs = {name: ctx.key(fname) for name, fname in FinetuneStage.outputs.items()}
     if d.is_main:
         export_network(cfg, ctx, nets, prog.ada_p, set_kwargs, outputs["network"])
@@ -286,3 +298,14 @@ def export_network(
     save_checkpoint(net, path)
     ctx.store.put_file(key, path)
     ctx.log.info(f"network -> {ctx.store.uri(key)}")
+
+
+def export_checkpoint(cfg: FinetuneStage, ctx: StageContext, checkpoint_key: str, out_key: str) -> None:
+    """Write the networks of a training checkpoint as a network file (a sweep promotes its best trial)."""
+    data, set_kwargs, _ = load_data(cfg, ctx)
+    nets = build_networks(cfg, ctx, data, torch.device("cpu"))
+    state = CheckpointStore(ctx.store, ctx.key("checkpoints"), 1, ctx.scratch).load(checkpoint_key)
+    nets.G.load_state_dict(state["G"])
+    nets.D.load_state_dict(state["D"])
+    nets.G_ema.load_state_dict(state["G_ema"])
+    export_network(cfg, ctx, nets, float(state["progress"]["ada_p"]), set_kwargs, out_key)

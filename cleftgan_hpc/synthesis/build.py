@@ -90,6 +90,10 @@ def find_finished(store: ObjectStore, recipe: Recipe, shards: list[Shard], overw
         info = store.head(key)
         if shard_ok(info, shard, recipe):
             done[shard.index] = info  # type: ignore[assignment]
+        elif info is not None and not info.metadata:
+            # a file-store put killed between placing the object and its sidecar: complete bytes, no
+            # metadata. Made again; the upload then checks the bytes are the same and restores it.
+            continue
         elif overwrite:
             store.delete(key)
         else:

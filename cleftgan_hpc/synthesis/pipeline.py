@@ -154,9 +154,11 @@ class Pipeline:
                 info = self.store.head(key)
                 if info is None or info.sha256 != sha256_file(path):
                     raise CleftGanError(
-                        f"{self.store.uri(key)} appeared during this run with different bytes; "
+                        f"{self.store.uri(key)} exists with other bytes than this recipe makes; "
                         "two runs with different options write to the same dataset"
                     ) from None
+                if info.metadata != self.recipe.shard_metadata(shard):  # lost with a killed put: restore
+                    info = self.store.put_file(key, path, metadata=self.recipe.shard_metadata(shard))
             self.log.info(f"uploaded {shard.name} ({shard.count} images, {info.size / 1e6:.1f} MB)")
             return shard_record(shard, info.size, str(info.sha256))
         finally:

@@ -117,3 +117,68 @@ def test_freeze_layers_disables_grads() -> None:
 def test_bad_resolution_is_refused() -> None:
     with pytest.raises(ValueError, match="power of two"):
         Generator(z_dim=8, c_dim=0, w_dim=8, img_resolution=48, img_channels=3)
+
+
+@pytest.mark.parametrize("plain", [False, True], ids=["fast", "plain"])
+def test_low_precision_path_runs(plain: bool) -> None:
+    """The mixed-precision plumbing (CUDA: num_fp16_res layers in float16/bfloat16), exercised on CPU in bfloat16."""
+    torch.manual_seed(0)
+    g = Generator(z_dim=16, c_dim=0, w_dim=16, img_resolution=16, img_channels=3, channel_base=256, channel_max=16,
+                  num_fp16_res=2, low_precision_dtype="bfloat16").eval()  # fmt: skip
+    d = Discriminator(c_dim=0, img_resolution=16, img_channels=3, channel_base=256, channel_max=16,
+                      num_fp16_res=2, low_precision_dtype="bfloat16").eval()  # fmt: skip
+    z = torch.randn(4, 16)
+    with torch.no_grad(), ops.plain_ops(plain):
+        ref_img, ref_logits = g(z), d(g(z))
+        g.synthesis.low_precision_on_cpu = d.low_precision_on_cpu = True
+        img = g(z)
+        logits = d(img)
+        assert torch.equal(g(z, force_fp32=True), ref_img)
+    assert img.dtype == torch.float32 and logits.dtype == torch.float32
+    assert any(getattr(g.synthesis, n).use_fp16 for n in g.synthesis.layer_names)
+    assert (img - ref_img).abs().max().item() < 0.1
+    assert (logits - ref_logits).abs().max().item() < 0.1
+    assert not torch.equal(img, ref_img)  # the low-precision path did run
+
+
+def test_chunked_execution_equals_whole_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CPU chunking (batch, then channel groups) changes nothing: values, grads and EMA updates."""
+    import importlib
+
+    flrelu_mod = importlib.import_module("cleftgan_hpc.model.ops.filtered_lrelu")
+    modconv_mod = importlib.import_module("cleftgan_hpc.model.ops.modulated_conv")
+
+    g, d = _build("T32")
+    z = torch.randn(4, 16)
+    g.train()
+
+    def run() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        g.zero_grad(set_to_none=True)
+        d.zero_grad(set_to_none=True)
+        img = g(z, None, update_emas=True)
+        logits = d(img, None)
+        logits.sum().backward()
+        emas = torch.stack([getattr(g.synthesis, n).magnitude_ema.clone() for n in g.synthesis.layer_names])
+        return (
+            img.detach(),
+            logits.detach(),
+            emas,
+            [p.grad.clone() for p in g.parameters()],
+            [p.grad.clone() for p in d.parameters()],
+        )
+
+    state = {k: v.clone() for k, v in g.state_dict().items()}
+    with torch.no_grad():
+        whole_inference = g(z, None, truncation_psi=0.7)
+    whole = run()
+    g.load_state_dict(state)
+    monkeypatch.setattr(modconv_mod, "LAYER_CHUNK_BYTES", 1)  # one sample per chunk
+    monkeypatch.setattr(flrelu_mod, "CHUNK_BYTES", 1)  # and channel groups inside each layer
+    monkeypatch.setattr(flrelu_mod, "CHANNEL_GROUP", 8)
+    with torch.no_grad():
+        assert torch.allclose(whole_inference, g(z, None, truncation_psi=0.7), atol=1e-5, rtol=1e-5)
+    chunked = run()
+    for a, b in zip(whole[:3], chunked[:3], strict=True):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-5), (a - b).abs().max()
+    for ga, gb in zip(whole[3] + whole[4], chunked[3] + chunked[4], strict=True):
+        assert torch.allclose(ga, gb, atol=1e-4, rtol=1e-3), (ga - gb).abs().max()

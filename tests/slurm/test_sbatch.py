@@ -104,7 +104,7 @@ def test_render_array_and_container(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     text = render_script(spec, "demo-1", "faces", "/usr/bin/python3")
     assert "#SBATCH --array=0-9%3" in text and "#SBATCH --gpus-per-node=2" in text
     assert "#SBATCH --partition=gpu" in text and "#SBATCH --signal=USR2@120" in text
-    assert 'export CLEFTGAN_TASK_INDEX="${SLURM_ARRAY_TASK_ID}"' in text
+    assert '--stage faces --task "${SLURM_ARRAY_TASK_ID}"' in text
     words = python_words(spec, "/usr/bin/python3")
     assert words[:3] == ["apptainer", "exec", "--nv"] and words[-2:] == ["/img/c.sif", "python"]
     assert words[3:5] == ["--bind", "/data"] and str(spec.slurm.log_dir) in words  # logs always visible

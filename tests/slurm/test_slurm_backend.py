@@ -205,37 +205,64 @@ def test_time_limit_requeues_the_stage(tmp_path: Path) -> None:
     assert "restart 1" in text
 
 
-def test_array_stage_splits_at_max_array_size_with_parallelism(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Until synthesize exists, give demo_data the array contract (read at submission only).
-    from cleftgan_hpc.spec.stages import DemoDataStage
+@pytest.fixture(scope="module")
+def tiny_generator(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random 16x16 generator saved as our network file (what a finetune would produce)."""
+    import torch
 
-    monkeypatch.setattr(DemoDataStage, "array_tasks", lambda self: 10, raising=False)
-    spec = write_spec(tmp_path, """
-        faces:
-          kind: demo_data
-          count: 2
-          size: 64
+    from cleftgan_hpc.model import Generator, Network, save_checkpoint
+
+    torch.manual_seed(0)
+    g = Generator(16, 0, 16, 16, 3, channel_base=256, channel_max=16, num_fp16_res=0)
+    path = tmp_path_factory.mktemp("net") / "tiny.safetensors"
+    save_checkpoint(Network(G=g, G_ema=g), path)
+    return path
+
+
+def test_array_synthesis_splits_at_max_array_size_with_parallelism_2(
+    tmp_path: Path, tiny_generator: Path, capsys: pytest.CaptureFixture
+) -> None:
+    spec = write_spec(tmp_path, f"""
+        synth:
+          kind: synthesize
+          network: {tiny_generator}
+          count: 20
+          shard_size: 2
+          batch: 2
+          workers: 0
+          dataset: toy
+          tasks: 10
     """, slurm_block="array_parallelism: 2")
     run = submit(spec)
-    record = read_record(run, "faces")
+    record = read_record(run, "synth")
     kinds = [(j["kind"], j.get("tasks")) for j in record["jobs"]]
-    assert kinds == [("array", "0-7"), ("array", "8-9"), ("commit", None)]  # MaxArraySize=8
+    assert kinds == [("array", "0-7"), ("array", "8-9"), ("commit", None)]  # the test cluster's MaxArraySize=8
     first, second, commit = (j["id"] for j in record["jobs"])
     folder = Path(record["folder"])
     assert "#SBATCH --array=0-7%2" in (folder / f"{first}_submission.sh").read_text()
     assert f"--dependency=afterok:{first}" in (folder / f"{second}_submission.sh").read_text()
     assert f"--dependency=afterok:{first}:{second}" in (folder / f"{commit}_submission.sh").read_text()
-    wait_idle(run, ["faces"], timeout=240)
-    text = log_text(run, "faces")
+    wait_idle(run, ["synth"], timeout=300)
+    st = run.status("synth")
+    assert st.state == "done", (st.error, log_text(run, "synth")[-3000:])
+    text = log_text(run, "synth")
     for i in range(10):
         assert f"task {i}/10" in text
-    assert "commit" in text
-    detail = describe(run)["faces"]
+    detail = describe(run)["synth"]
     assert f"{first} 8 COMPLETED" in detail and f"{second} 2 COMPLETED" in detail
     assert f"commit {commit} COMPLETED" in detail
-    assert run.status("faces").state == "done"
+    # At most two tasks at once: no instant has three running (sacct start/end, 1 s resolution).
+    rows = slurm("sacct", "-n", "-P", "-X", "-o", "JobID,Start,End", "-j", f"{first},{second}").splitlines()
+    spans = [(r.split("|")[1], r.split("|")[2]) for r in rows if "_" in r.split("|")[0]]
+    assert len(spans) == 10
+    for start, _ in spans:
+        assert sum(1 for s2, e2 in spans if s2 <= start < e2) <= 2
+    from cleftgan_hpc.launch.commands import cmd_logs
+
+    cmd_logs(argparse.Namespace(spec=str(spec), stage="synth", run=run.run_id, task=9))
+    assert "task 9/10" in capsys.readouterr().out  # task 9 is task 1 of the second array job
+    shards = [i.key for i in run.store.list("datasets/toy/") if i.key.endswith(".tar")]
+    assert len(shards) == 10 and run.store.exists("datasets/toy/manifest.json")
 
 
 def test_hostile_values_are_data_not_commands(tmp_path: Path) -> None:

@@ -155,3 +155,20 @@ def test_encoding_pool_gives_the_same_bytes(tmp_path: Path, make_cfg: Any, run_s
     run_synthesis(make_cfg(count=10, dataset="inline", workers=0), store)
     run_synthesis(make_cfg(count=10, dataset="pool", workers=2, upload_concurrency=2), store)
     assert dataset_bytes(store, "datasets/pool") == dataset_bytes(store, "datasets/inline")
+
+
+def test_shard_whose_metadata_was_lost_is_checked_and_kept(tmp_path: Path, make_cfg: Any,
+                                                           run_synthesis: Any) -> None:
+    """A file-store put SIGKILLed between placing the object and writing its sidecar leaves the
+    complete bytes without metadata: the re-run remakes the shard, finds the same bytes, restores it."""
+    from cleftgan_hpc.storage.local import LocalStore
+
+    store = LocalStore(tmp_path / "store")
+    cfg = make_cfg(count=10, shard_size=5, tasks=2)
+    run_synthesis(cfg, store, task=0)
+    sidecar = store.root / ".cleftgan" / "meta" / "datasets" / "toy" / "shard-000000.tar"
+    sidecar.unlink()
+    assert store.head("datasets/toy/shard-000000.tar").metadata == {}
+    m = run_synthesis(cfg, store)
+    assert store.head("datasets/toy/shard-000000.tar").metadata["samples"] == "5"
+    assert m["shards"][0]["sha256"] == store.head("datasets/toy/shard-000000.tar").sha256

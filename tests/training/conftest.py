@@ -5,23 +5,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from cleftgan_hpc.data.dataset import write_dataset
 from cleftgan_hpc.stages.context import StageContext
 from cleftgan_hpc.storage.local import LocalStore
-
-
-@pytest.fixture(scope="session")
-def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """12 smooth random 32x32 RGB images with integer labels 0..2."""
-    rng = np.random.RandomState(0)
-    base = rng.rand(12, 4, 4, 3)
-    images = [(np.kron(b, np.ones((8, 8, 1))) * 255).astype(np.uint8) for b in base]
-    path = tmp_path_factory.mktemp("data") / "tiny.zip"
-    write_dataset(path, images, labels=[i % 3 for i in range(12)])
-    return path
 
 
 class StopAfter(StageContext):

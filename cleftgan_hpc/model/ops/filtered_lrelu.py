@@ -80,7 +80,7 @@ def filtered_lrelu(
     n, c, h, w = x.shape
     px0, px1, py0, py1 = padding
     per_channel = max(1, (h * up + py0 + py1) * (w * up + px0 + px1)) * x.element_size()
-    if n * c * per_channel <= CHUNK_BYTES or (fu is None and fd is None):
+    if n * c * per_channel <= CHUNK_BYTES or (fu is None and fd is None) or x.device.type != "cpu":
         return _filtered_lrelu_whole(x, *args, b, **kw)
     if c * per_channel <= CHUNK_BYTES:  # whole samples per chunk
         step = max(1, CHUNK_BYTES // (c * per_channel))

@@ -75,7 +75,7 @@ def modulated_filtered_lrelu(
     n, _, h, w = x.shape
     o, k = weight.shape[0], weight.shape[-1]
     per_sample = o * (h + 2 * conv_padding - k + 1) * (w + 2 * conv_padding - k + 1) * x.element_size()
-    step = max(1, LAYER_CHUNK_BYTES // max(1, per_sample))
+    step = max(1, LAYER_CHUNK_BYTES // max(1, per_sample)) if x.device.type == "cpu" else n  # a CPU concern
     outs = []
     for i in range(0, n, step):
         y = _modconv_prenormalised(

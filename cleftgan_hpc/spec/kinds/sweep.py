@@ -63,9 +63,7 @@ class SweepStage(StageBase):
     scheduler: Literal["asha", "pbt", "fifo"] = Field(
         "asha", description="asha stops poor trials early; pbt clones good trials and mutates; fifo runs all."
     )
-    grace_period_kimg: float = Field(
-        1, gt=0, description="ASHA: kimg every trial trains before it can be stopped."
-    )
+    grace_period_kimg: float = Field(1, gt=0, description="ASHA: kimg every trial trains before it can be stopped.")
     reduction_factor: float = Field(2, gt=1, le=16, description="ASHA: keep 1/reduction_factor at each rung.")
     perturbation_kimg: float = Field(1, gt=0, description="PBT: kimg between exploit/explore steps.")
     search: Literal["random", "optuna"] = Field("random", description="Sampler: random (and grids), or Optuna TPE.")

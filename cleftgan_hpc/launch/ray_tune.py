@@ -1,0 +1,228 @@
+"""Ray Tune for sweep stages: each trial is the finetune stage itself.
+
+A trial trains under ``<sweep stage>/trials/<trial>/`` in the run's store and reports its
+metric and the store key of its checkpoint at every snapshot. Tune's own experiment state
+lives in the store too (``<sweep stage>/tune/``), so a sweep started again after its job died
+continues from it (``Tuner.restore``) instead of starting over. ``import ray`` happens here only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cleftgan_hpc.errors import CleftGanError
+from cleftgan_hpc.spec.kinds.finetune import FinetuneSettings
+from cleftgan_hpc.spec.kinds.sweep import Domain, SweepStage
+from cleftgan_hpc.spec.models import StoreConfig
+from cleftgan_hpc.spec.stages import FinetuneStage
+from cleftgan_hpc.stages.context import StageContext
+
+
+@dataclass(frozen=True)
+class TrialSetup:
+    """What every trial needs, passed to Ray once (picklable: no open store, no modules)."""
+
+    store: StoreConfig
+    run_id: str
+    sweep_stage: str
+    sweep: SweepStage
+    scratch: str
+    device: str
+
+
+def trial_config(sweep: SweepStage, sampled: dict[str, Any], seed_offset: int) -> FinetuneStage:
+    """The finetune config of one trial: the base settings, the sampled values, the sweep's inputs."""
+    fields = sweep.base.model_dump()
+    fields.update(sampled)
+    fields.update(
+        kind="finetune",
+        network=sweep.network,
+        dataset=sweep.dataset,
+        feature_extractor=sweep.feature_extractor,
+        kimg=sweep.kimg_per_trial,
+        metrics=[sweep.metric] + [m for m in fields.get("metrics", []) if m != sweep.metric],
+        seed=sweep.seed + seed_offset,
+    )
+    return FinetuneStage.model_validate(fields)
+
+
+def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
+    """The Tune trainable: the finetune stage with a reporting hook."""
+    from ray import tune
+
+    from cleftgan_hpc.stages import finetune
+    from cleftgan_hpc.storage import open_store
+
+    import torch
+
+    from cleftgan_hpc.training.loop import derive_seed
+
+    torch.set_num_threads(max(1, int(setup.sweep.trial_resources.cpus)))  # trials share the node's cores
+    trial_id = tune.get_context().get_trial_id()
+    cfg = trial_config(setup.sweep, config, derive_seed("trial", trial_id) % 10_000)
+    name = f"{setup.sweep_stage}/trials/{trial_id}"
+    log = logging.getLogger(f"cleftgan_hpc.trial.{trial_id}")
+    ctx = StageContext(
+        store=open_store(setup.store),
+        run_id=setup.run_id,
+        stage=name,
+        scratch=Path(setup.scratch) / "trials" / trial_id,
+        log=log,
+        device=setup.device,
+    )
+    ctx.scratch.mkdir(parents=True, exist_ok=True)
+    start_from = None
+    restored = tune.get_checkpoint()
+    if restored is not None:  # a restored trial, or a PBT clone of another trial
+        with restored.as_directory() as d:
+            start_from = json.loads((Path(d) / "pointer.json").read_text())["key"]
+
+    def report(snapshot: dict[str, Any]) -> None:
+        with tempfile.TemporaryDirectory() as d:
+            (Path(d) / "pointer.json").write_text(json.dumps({"key": snapshot["checkpoint"]}))
+            metrics = {k: v for k, v in snapshot.items() if k != "checkpoint"}
+            metrics["checkpoint_key"] = snapshot["checkpoint"]
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+
+    finetune.run(cfg, ctx, on_snapshot=report, start_from=start_from)
+
+
+def _domain(tune: Any, d: Domain) -> Any:
+    if d.grid is not None:
+        return tune.grid_search(d.grid)
+    if d.choice is not None:
+        return tune.choice(d.choice)
+    if d.uniform is not None:
+        return tune.uniform(*d.uniform)
+    assert d.loguniform is not None
+    return tune.loguniform(*d.loguniform)
+
+
+def _storage(store: StoreConfig, key: str) -> tuple[str, Any]:
+    """Tune's storage path (and pyarrow filesystem) for a key of the run's store."""
+    if store.scheme == "file":
+        return str(store.local_root / key), None
+    from pyarrow import fs
+
+    rest = store.url[len("s3://") :]
+    endpoint = store.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    kwargs: dict[str, Any] = {"region": store.region or os.environ.get("AWS_REGION", "us-east-1")}
+    if endpoint:
+        scheme, _, host = endpoint.partition("://")
+        kwargs.update(endpoint_override=host.rstrip("/"), scheme=scheme)
+    return f"{rest.rstrip('/')}/{key}", fs.S3FileSystem(**kwargs)
+
+
+def run_sweep(cfg: SweepStage, ctx: StageContext) -> dict[str, Any]:
+    """Run (or resume) the sweep; returns every trial's config, history and last result."""
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+
+    if ctx.store_config is None:
+        raise CleftGanError("a sweep needs the store's config to hand to its trials")
+    setup = TrialSetup(ctx.store_config, ctx.run_id, ctx.stage, cfg, str(ctx.scratch), ctx.device)
+    # Ray's sockets must fit in a unix path (~107 bytes): a short directory under our scratch root.
+    tmp = Path(os.environ.get("CLEFTGAN_SCRATCH") or tempfile.gettempdir()) / (
+        "ray-" + hashlib.sha256(f"{ctx.run_id}/{ctx.stage}".encode()).hexdigest()[:8]
+    )
+    tmp.mkdir(parents=True, exist_ok=True)
+    storage_path, filesystem = _storage(setup.store, ctx.key("tune"))
+    name = "sweep"
+    space: dict[str, Any] = {k: _domain(tune, d) for k, d in cfg.space.items()}
+    metric, mode = cfg.metric, "min"
+    if cfg.scheduler == "asha":
+        scheduler: Any = ASHAScheduler(
+            time_attr="kimg",
+            max_t=cfg.kimg_per_trial,
+            grace_period=cfg.grace_period_kimg,
+            reduction_factor=cfg.reduction_factor,
+        )
+    elif cfg.scheduler == "pbt":
+        scheduler = PopulationBasedTraining(
+            time_attr="kimg", perturbation_interval=cfg.perturbation_kimg, hyperparam_mutations=space
+        )
+    else:
+        scheduler = FIFOScheduler()
+    search_alg = None
+    if cfg.search == "optuna":
+        try:
+            from ray.tune.search.optuna import OptunaSearch
+        except ImportError as exc:
+            raise CleftGanError("search: optuna needs the optuna package (pip install optuna)") from exc
+        search_alg = OptunaSearch(seed=cfg.seed)
+
+    ctx.log.info(
+        f"sweep: {cfg.num_samples} sample(s) over {', '.join(cfg.space)}, {cfg.scheduler} on {metric}, "
+        f"{cfg.kimg_per_trial:g} kimg per trial; Tune state in {storage_path}"
+    )
+    cpus = max(int(cfg.trial_resources.cpus), ctx.cpus)
+    ray.init(
+        num_cpus=cpus,
+        num_gpus=int(cfg.trial_resources.gpus and ctx.device == "cuda"),
+        include_dashboard=False,
+        _temp_dir=str(tmp),
+        log_to_driver=True,
+        configure_logging=False,
+    )
+    try:
+        trainable = tune.with_resources(
+            tune.with_parameters(run_trial, setup=setup),
+            {"cpu": cfg.trial_resources.cpus, "gpu": cfg.trial_resources.gpus},
+        )
+        experiment = f"{storage_path}/{name}"
+        can_restore = (
+            tune.Tuner.can_restore(experiment, storage_filesystem=filesystem)
+            if filesystem
+            else tune.Tuner.can_restore(experiment)
+        )
+        if can_restore:
+            ctx.log.info(f"resuming the sweep from {experiment}")
+            kwargs = {"storage_filesystem": filesystem} if filesystem else {}
+            tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_errored=True, **kwargs)
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                param_space=space,
+                tune_config=tune.TuneConfig(
+                    metric=metric,
+                    mode=mode,
+                    scheduler=scheduler,
+                    num_samples=cfg.num_samples,
+                    max_concurrent_trials=cfg.max_concurrent or None,
+                    search_alg=search_alg,
+                ),
+                run_config=tune.RunConfig(
+                    name=name, storage_path=storage_path, storage_filesystem=filesystem, verbose=1
+                ),
+            )
+        grid = tuner.fit()
+        trials = []
+        for result in grid:
+            history = result.metrics_dataframe.to_dict("records") if result.metrics_dataframe is not None else []
+            trials.append(
+                {
+                    "trial": result.path.rsplit("/", 1)[-1] if result.path else None,
+                    "config": {k: v for k, v in (result.config or {}).items() if k in FinetuneSettings.model_fields},
+                    "status": "error"
+                    if result.error
+                    else "finished"
+                    if (result.metrics or {}).get("kimg", 0) >= cfg.kimg_per_trial - 1e-9
+                    else "stopped early",
+                    "error": str(result.error) if result.error else None,
+                    "last": {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float, str))},
+                    "history": [{k: h[k] for k in ("kimg", metric, "checkpoint_key") if k in h} for h in history],
+                }
+            )
+        return {"metric": metric, "trials": trials}
+    finally:
+        ray.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
