@@ -56,13 +56,11 @@ def trial_config(sweep: SweepStage, sampled: dict[str, Any], seed_offset: int) -
 
 def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     """The Tune trainable: the finetune stage with a reporting hook."""
+    import torch
     from ray import tune
 
     from cleftgan_hpc.stages import finetune
     from cleftgan_hpc.storage import open_store
-
-    import torch
-
     from cleftgan_hpc.training.loop import derive_seed
 
     torch.set_num_threads(max(1, int(setup.sweep.trial_resources.cpus)))  # trials share the node's cores
