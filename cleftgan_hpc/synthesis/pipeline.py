@@ -102,7 +102,7 @@ class Pipeline:
         self.scratch = scratch
         self.workers = workers
         self.upload_concurrency = upload_concurrency
-        self.max_pending = max_pending or max(2, 2 * max(workers, 1))
+        self.max_pending = max_pending or max(4, 2 * workers)
         self.log = log or logging.getLogger(__name__)
         self.should_stop, self.on_images = should_stop, on_images
         self._external_pool = encode_pool

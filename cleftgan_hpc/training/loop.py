@@ -22,6 +22,7 @@ import torch
 from cleftgan_hpc.errors import CleftGanError
 from cleftgan_hpc.spec.stages import FinetuneStage
 from cleftgan_hpc.training import distributed
+from cleftgan_hpc.training.ada import AdaConfig, AdaController
 from cleftgan_hpc.training.loss import Loss
 from cleftgan_hpc.training.state import CheckpointStore, Progress, progress_from_dict, progress_to_dict
 
@@ -141,6 +142,10 @@ class Trainer:
         self.opt_D = adam(self.d_params, cfg.dlr, D_REG_INTERVAL)
         self.loss = Loss(self.nets.G, self.nets.D, self.augment, cfg.gamma)
         self.progress = Progress(ada_p=cfg.augment_p or 0.0)
+        self.ada = (  # p from D's over-confidence on reals, unless p is fixed or nothing augments
+            AdaController(AdaConfig(cfg.ada_target, cfg.ada_interval, cfg.ada_kimg), cfg.batch)
+            if cfg.augment_p is None and self.augment is not None else None
+        )
         procs = self.dist_env.world_size
         self.per_proc = cfg.batch // procs
         self.per_round = cfg.batch_per_gpu or self.per_proc
@@ -173,6 +178,8 @@ class Trainer:
             for group in opt.param_groups:
                 group["lr"] = lr * interval / (interval + 1)
         self.progress = progress_from_dict(state["progress"])
+        if self.ada is not None and self.progress.ada_state:
+            self.ada.load_state_dict(self.progress.ada_state)
 
     # -- one batch -------------------------------------------------------------------------
     def step(self) -> dict[str, float]:
@@ -255,15 +262,12 @@ class Trainer:
 
         # G_ema, ADA, counters.
         update_ema(G, self.nets.G_ema, ema_beta(cfg, prog.cur_nimg))
-        n = self.dist_env.world_size
-        signs = distributed.all_sum(torch.stack([stats["signs_real"] * self.rounds, stats["n_real"] * self.rounds]), n)
-        prog.ada_signs_sum += float(signs[0])
-        prog.ada_signs_n += int(signs[1])
-        if cfg.augment_p is None and self.augment is not None and (step + 1) % cfg.ada_interval == 0:
-            r_t = prog.ada_signs_sum / max(prog.ada_signs_n, 1)
-            adjust = np.sign(r_t - cfg.ada_target) * (cfg.batch * cfg.ada_interval) / (cfg.ada_kimg * 1000)
-            prog.ada_p = float(max(prog.ada_p + adjust, 0.0))
-            prog.ada_signs_sum, prog.ada_signs_n = 0.0, 0
+        if self.ada is not None:
+            self.ada.accumulate_signs(stats["signs_real"] * self.rounds, stats["n_real"] * self.rounds)
+            n = self.dist_env.world_size
+            if self.ada.end_batch(reduce=lambda t: distributed.all_sum(t, n)):
+                prog.ada_p = self.ada.p
+            prog.ada_state = self.ada.state_dict()
         prog.step += 1
         prog.cur_nimg += cfg.batch
         out = {k: float(v) for k, v in stats.items() if k not in ("signs_real", "n_real")}

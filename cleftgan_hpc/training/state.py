@@ -29,9 +29,8 @@ class Progress:
 
     step: int = 0  # batches done
     cur_nimg: int = 0  # real images shown
-    ada_p: float = 0.0
-    ada_signs_sum: float = 0.0  # sum of sign(D(real)) since the last p update
-    ada_signs_n: int = 0
+    ada_p: float = 0.0  # the augmentation probability in use
+    ada_state: dict[str, Any] = field(default_factory=dict)  # the ADA controller's pending sums and phase
     train_seconds: float = 0.0  # wall time spent training, over all attempts
     best_metric: float | None = None
     best_key: str | None = None

@@ -32,7 +32,9 @@ def weights(store_root: Path, key: str) -> dict[str, torch.Tensor]:
 
 
 def test_stopped_and_resumed_run_equals_uninterrupted(tiny_dataset: Path, tmp_path: Path, make_ctx) -> None:
-    cfg = config(tiny_dataset)  # 7 steps of 4: snapshots at steps 3 and 6, R1 at step 0
+    # 7 steps of 4: snapshots at steps 3 and 6, R1 at step 0; ADA moves p by 0.4 a batch, so
+    # the augmentation pipeline and the controller's state both matter for the outcome.
+    cfg = config(tiny_dataset, augment_p=None, ada_interval=1, ada_kimg=0.01, ada_target=0.01)
     whole = finetune.run(cfg, make_ctx(tmp_path / "a"))
     expected = weights(tmp_path / "a", whole["network"])
 
@@ -49,6 +51,8 @@ def test_stopped_and_resumed_run_equals_uninterrupted(tiny_dataset: Path, tmp_pa
     assert not different, f"resumed weights differ: {different[:5]}"
     # G_ema moved away from G, and training changed the weights at all
     assert not torch.equal(got["G.mapping.fc0.weight"], got["G_ema.mapping.fc0.weight"])
+    state = ckpts.load_latest()
+    assert state is not None and state["progress"]["ada_p"] > 0, "ADA raised p during the run"
 
 
 def test_snapshot_outputs(tiny_dataset: Path, tmp_path: Path, make_ctx) -> None:

@@ -1,0 +1,223 @@
+"""Synthesis throughput and memory, in one run:
+
+1. generator-only images/s (the device's ceiling: batched forward passes, nothing else);
+2. end-to-end images/s of the synthesis pipeline into a file:// store and into a real S3 server
+   (SeaweedFS started here), as a fraction of 1;
+3. shard upload MB/s of our concurrent create-only uploads against a plain single-threaded
+   boto3 put_object loop over the same files;
+4. peak RSS of the pipeline process for 2,000 and 20,000 images (memory must stay flat).
+
+    python benchmarks/bench_synthesis.py                  # a random 64x64 StyleGAN3 network
+    python benchmarks/bench_synthesis.py --network FILE --device cuda --images 5000
+
+Item 4 runs the pipeline in child processes with a stand-in generator (a fixed random linear map
+from z to a noise image, 64x64) so that 20,000 images take seconds, not an hour of CPU
+generation: it measures the pipeline's memory (queues, encoders, tar files, uploads), which is
+what must not grow with the count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+
+# torch and the package are imported inside functions: the encoding workers are spawned and
+# re-import this file, and should not pay for torch
+
+LOG = logging.getLogger("bench")
+
+
+def random_network(path: Path, resolution: int = 64) -> Path:
+    import torch
+
+    from cleftgan_hpc.model import Generator, Network, save_checkpoint
+
+    torch.manual_seed(0)
+    g = Generator(32, 0, 32, resolution, 3, channel_base=1024, channel_max=32, num_fp16_res=0)
+    save_checkpoint(Network(G=g, G_ema=g), path)
+    return path
+
+
+def bench_generator(net: Path, images: int, batch: int, device: str) -> float:
+    import torch
+
+    from cleftgan_hpc.synthesis.generate import generate_batch, load_generator
+
+    g = load_generator(net, device)
+    generate_batch(g, list(range(batch)), [None] * batch, 1.0, None, device)  # warm-up
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for start in range(0, images, batch):
+        seeds = list(range(start, min(start + batch, images)))
+        generate_batch(g, seeds, [None] * len(seeds), 1.0, None, device)  # returns host uint8: synchronises
+    return images / (time.perf_counter() - t0)
+
+
+def bench_end_to_end(store: object, net: Path, images: int, batch: int, device: str, cpus: int, name: str,
+                     scratch: Path) -> float:
+    from cleftgan_hpc.spec.kinds.synthesize import SynthesizeStage
+    from cleftgan_hpc.synthesis.build import synthesize
+
+    cfg = SynthesizeStage.model_validate({
+        "kind": "synthesize", "network": str(net), "count": images, "shard_size": max(1, images // 8),
+        "batch": batch, "dataset": name, "workers": max(1, cpus - 1), "upload_concurrency": 4,
+    })
+    t0 = time.perf_counter()
+    synthesize(cfg, store, net, scratch=scratch / name, device=device, cpus=cpus, log=LOG)  # type: ignore[arg-type]
+    return images / (time.perf_counter() - t0)
+
+
+def bench_upload(endpoint: str, bucket: str, files: list[Path]) -> tuple[float, float]:
+    """(our concurrent create-only uploads MB/s, plain single-threaded boto3 put loop MB/s)."""
+    import boto3
+    from botocore.config import Config
+
+    from cleftgan_hpc.storage.s3 import S3Store
+
+    total = sum(f.stat().st_size for f in files) / 1e6
+    client = boto3.client("s3", endpoint_url=endpoint, config=Config(
+        request_checksum_calculation="when_required", response_checksum_validation="when_required",
+        s3={"addressing_style": "path"}))
+    t0 = time.perf_counter()
+    for i, f in enumerate(files):
+        client.put_object(Bucket=bucket, Key=f"plain/{i}.tar", Body=f.read_bytes())
+    plain = total / (time.perf_counter() - t0)
+
+    store = S3Store(bucket, "ours", endpoint_url=endpoint)
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(8) as pool:  # what the pipeline's upload pool does, at upload_concurrency 8
+        list(pool.map(lambda a: store.put_file(f"shard-{a[0]:06d}.tar", a[1], if_absent=True), enumerate(files)))
+    ours = total / (time.perf_counter() - t0)
+    return ours, plain
+
+
+def stand_in_generator(z_dim: int = 32, res: int = 64) -> object:
+    """A generator-shaped stand-in: z -> a 64x64 noise-like image through a fixed random matrix."""
+    import torch
+
+    class StandIn(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.z_dim, self.c_dim, self.w_dim, self.img_resolution, self.img_channels = z_dim, 0, z_dim, res, 3
+            self.init_kwargs = {"stand_in": True}
+            torch.manual_seed(0)
+            self.proj = torch.nn.Linear(z_dim, 3 * res * res)
+
+        def forward(self, z: torch.Tensor, c: object = None, **_: object) -> torch.Tensor:
+            return torch.tanh(self.proj(z)).view(len(z), 3, res, res)  # [N, 3, H, W]
+
+    return StandIn().eval()
+
+
+def rss_child(images: int, workdir: Path) -> None:
+    """Run the pipeline with the stand-in generator; print this process's peak RSS (MiB) as JSON."""
+    import torch
+
+    from cleftgan_hpc.storage.local import LocalStore
+    from cleftgan_hpc.synthesis.layout import all_shards, options_digest
+    from cleftgan_hpc.synthesis.pipeline import Pipeline, Recipe
+
+    torch.set_num_threads(1)
+    store = LocalStore(workdir / "store")
+    recipe = Recipe(prefix=f"datasets/rss{images}", options_sha256=options_digest({"n": images}), network_sha256="0",
+                    truncation_psi=1.0, truncation_cutoff=None, labels=None, fmt="png", quality=None, resize=None,
+                    batch=32)
+    t0 = time.perf_counter()
+    Pipeline(stand_in_generator(), recipe, store, workdir / f"scratch{images}", workers=1, upload_concurrency=4).run(
+        all_shards(0, images, 500))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"images": images, "peak_rss_mib": round(peak, 1), "seconds": round(time.perf_counter() - t0, 1)}))
+
+
+def bench_rss(images: int, workdir: Path) -> dict[str, float]:
+    out = subprocess.run([sys.executable, __file__, "--rss-child", str(images), "--workdir", str(workdir)],
+                         capture_output=True, text=True, check=True, timeout=3600)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--network", default=None, help="network file (default: a random 64x64 StyleGAN3-T)")
+    p.add_argument("--images", type=int, default=400, help="images for items 1-2 (default 400)")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--cpus", type=int, default=len(os.sched_getaffinity(0)))
+    p.add_argument("--upload-files", type=int, default=24, help="files for item 3 (default 24 x 8 MiB)")
+    p.add_argument("--upload-mib", type=int, default=8)
+    p.add_argument("--rss-counts", default="2000,20000")
+    p.add_argument("--rss-child", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--workdir", default=None, help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.rss_child is not None:
+        rss_child(a.rss_child, Path(a.workdir))
+        return
+
+    import torch
+    from services.s3_server import start_s3_server
+
+    from cleftgan_hpc.storage.local import LocalStore
+    from cleftgan_hpc.storage.s3 import S3Store
+
+    results: dict[str, object] = {"cpus": a.cpus, "device": a.device, "torch": torch.__version__,
+                                  "images": a.images, "batch": a.batch}
+    with tempfile.TemporaryDirectory(prefix="bench-synth-") as tmp_name:
+        tmp = Path(tmp_name)
+        net = Path(a.network) if a.network else random_network(tmp / "net.safetensors")
+        results["network"] = a.network or "random StyleGAN3-T 64x64 (channel_base 1024, channel_max 32)"
+        if a.device == "cpu":  # one core generates, the others encode: the same split the pipeline uses
+            torch.set_num_threads(max(1, a.cpus - max(1, a.cpus - 1)))  # = what synthesize() sets
+        gen = bench_generator(net, a.images, a.batch, a.device)
+        results["generator_only_img_s"] = round(gen, 1)
+        print(f"generator only:         {gen:8.1f} img/s", flush=True)
+
+        local = bench_end_to_end(LocalStore(tmp / "store"), net, a.images, a.batch, a.device, a.cpus, "local",
+                                 tmp / "scratch")
+        results["end_to_end_local_img_s"] = round(local, 1)
+        print(f"end to end, file store: {local:8.1f} img/s ({local / gen:.2f}x generator-only)", flush=True)
+
+        server = start_s3_server(tmp / "s3")
+        for k, v in server.env().items():
+            os.environ[k] = v
+        try:
+            s3 = S3Store("bench", "", endpoint_url=server.endpoint_url)
+            s3.ensure_bucket()
+            remote = bench_end_to_end(s3, net, a.images, a.batch, a.device, a.cpus, "s3", tmp / "scratch")
+            results["end_to_end_s3_img_s"] = round(remote, 1)
+            print(f"end to end, S3 ({server.kind}): {remote:8.1f} img/s ({remote / gen:.2f}x generator-only)",
+                  flush=True)
+
+            files = []
+            for i in range(a.upload_files):
+                f = tmp / f"up{i}.tar"
+                f.write_bytes(os.urandom(a.upload_mib << 20))
+                files.append(f)
+            ours, plain = bench_upload(server.endpoint_url, "bench", files)
+            results.update(upload_ours_mb_s=round(ours, 1), upload_plain_boto3_mb_s=round(plain, 1))
+            print(f"upload: ours {ours:.1f} MB/s, plain boto3 loop {plain:.1f} MB/s ({ours / plain:.2f}x)", flush=True)
+        finally:
+            server.stop()
+
+        for n in (int(x) for x in a.rss_counts.split(",")):
+            r = bench_rss(n, tmp)
+            results[f"peak_rss_mib_{n}"] = r["peak_rss_mib"]
+            print(f"peak RSS, {n} images (stand-in generator): {r['peak_rss_mib']:.1f} MiB in {r['seconds']} s",
+                  flush=True)
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
