@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: venv demo test lint bench clean readme
+.PHONY: venv demo test lint bench clean readme test-container
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -35,3 +35,6 @@ clean:
 
 readme: venv  ## regenerate the spec reference in README.md
 	$(BIN)/python -m cleftgan_hpc.spec.reference README.md
+
+test-container: venv  ## build the Dockerfile (CPU base) and run doctor and the demo inside (~5 min cold)
+	bash containers/test_build.sh

@@ -12,6 +12,7 @@ FlopCounterMode), so both columns divide the same useful work by their time.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from collections.abc import Callable
 
@@ -79,15 +80,35 @@ def main() -> None:
     ap.add_argument("--configs", default="fixture,256", help="comma-separated: " + ",".join(CONFIGS))
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--no-train", action="store_true", help="skip the training-step measurement")
+    ap.add_argument(
+        "--train-configs",
+        default="fixture",
+        help="configs whose training step is measured ('' for none; the plain ops' training step at 256 "
+        "needs more memory than these machines have)",
+    )
     ap.add_argument("--no-plain", action="store_true", help="skip the plain-ops measurements (slow)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, load average {load:.1f}")
     for name in args.configs.split(","):
         bench_config(name, args)
+
+
+def report(
+    what: str, work_flops: int, fast_s: float, plain_s: float, per_call: int, unit: str, ref: float | None
+) -> None:
+    """One result line: rates, GFLOP/s of the same work, ratio, and the ratio to the reference."""
+    line = (
+        f"   {what:10s}  fast {per_call / fast_s:8.2f} {unit} ({work_flops / fast_s / 1e9:6.1f} GFLOP/s)"
+        f" | plain {per_call / plain_s:8.2f} {unit} ({work_flops / plain_s / 1e9:6.1f} GFLOP/s)"
+        f" | fast/plain {plain_s / fast_s:5.1f}x"
+    )
+    if ref is not None:
+        line += f" | vs reference CPU path ({ref} {unit}): {per_call / fast_s / ref:.1f}x"
+    print(line, flush=True)
 
 
 def bench_config(name: str, args: argparse.Namespace) -> None:
@@ -95,47 +116,33 @@ def bench_config(name: str, args: argparse.Namespace) -> None:
     g, d = build(name)
     g.eval()
     z = torch.randn(args.batch, g.z_dim)
+    print(f"\n== {name}: {CONFIGS[name]}")
+    print(f"   G {sum(p.numel() for p in g.parameters()) / 1e6:.2f}M params, "
+          f"D {sum(p.numel() for p in d.parameters()) / 1e6:.2f}M params")  # fmt: skip
 
     def forward() -> None:
         with torch.no_grad():
             g(z, None)
 
-    fwd_flops = count_flops(forward)
-    rows: list[tuple[str, float, float]] = []  # (what, fast s, plain s)
+    flops = count_flops(forward)
+    print(f"   G forward: {flops / args.batch / 1e9:.2f} GFLOP/img (conv + matmul)", flush=True)
     fast = timed(forward, args.repeats)
     plain = float("nan")
     if not args.no_plain:
         with ops.plain_ops():
             plain = timed(forward, max(1, args.repeats - 1))
-    rows.append(("G forward", fast, plain))
-    train_flops = 0
-    if not args.no_train:
-        g.train(), d.train()
-        train_flops = count_flops(lambda: train_step(g, d, args.batch))
-        fast_t = timed(lambda: train_step(g, d, args.batch), max(1, args.repeats - 1))
-        plain_t = float("nan")
-        if not args.no_plain:
-            with ops.plain_ops():
-                plain_t = timed(lambda: train_step(g, d, args.batch), 1)
-        rows.append(("train step", fast_t, plain_t))
-    print(f"\n== {name}: {CONFIGS[name]}")
-    print(f"   G {sum(p.numel() for p in g.parameters()) / 1e6:.2f}M params, "
-          f"D {sum(p.numel() for p in d.parameters()) / 1e6:.2f}M params")  # fmt: skip
-    for what, f_s, p_s in rows:
-        flops = fwd_flops if what == "G forward" else train_flops
-        if what == "G forward":
-            f_rate, p_rate, unit = args.batch / f_s, args.batch / p_s, "img/s"
-        else:
-            f_rate, p_rate, unit = 1 / f_s, 1 / p_s, "steps/s"
-        line = (
-            f"   {what:10s}  fast {f_rate:8.2f} {unit} ({flops / f_s / 1e9:6.1f} GFLOP/s)"
-            f" | plain {p_rate:8.2f} {unit} ({flops / p_s / 1e9:6.1f} GFLOP/s) | fast/plain {p_s / f_s:5.1f}x"
-        )
-        if what == "G forward" and name in REFERENCE_IMG_PER_S:
-            line += f" | vs reference CPU path ({REFERENCE_IMG_PER_S[name]} img/s): "
-            line += f"{f_rate / REFERENCE_IMG_PER_S[name]:.1f}x"
-        print(line)
-    print(f"   work: G forward {fwd_flops / args.batch / 1e9:.2f} GFLOP/img; train step {train_flops / 1e9:.1f} GFLOP")
+    report("G forward", flops, fast, plain, args.batch, "img/s", REFERENCE_IMG_PER_S.get(name))
+    if name not in args.train_configs.split(","):
+        return
+    g.train(), d.train()
+    flops = count_flops(lambda: train_step(g, d, args.batch))
+    print(f"   train step: {flops / 1e9:.1f} GFLOP (conv + matmul)", flush=True)
+    fast = timed(lambda: train_step(g, d, args.batch), max(1, args.repeats - 1))
+    plain = float("nan")
+    if not args.no_plain:
+        with ops.plain_ops():
+            plain = timed(lambda: train_step(g, d, args.batch), 1)
+    report("train step", flops, fast, plain, 1, "steps/s", None)
 
 
 if __name__ == "__main__":

@@ -51,6 +51,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from cleftgan_hpc.plan import make_plan
 
     spec = _load(args.spec).spec
+    if spec.backend == "slurm":  # a batch backend: submit and return, do not wait here
+        from cleftgan_hpc.launch.commands import cmd_submit
+
+        print("backend: slurm: submitting (run returns once the jobs are queued)", flush=True)
+        return cmd_submit(args)
     unknown = [s for s in args.force if s not in spec.stages]
     if unknown:
         raise CleftGanError(f"--force names unknown stage(s) {unknown}; stages are: {', '.join(spec.stages)}")
@@ -151,10 +156,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_schema)
 
     from cleftgan_hpc.data.commands import add_commands as add_data_commands
+    from cleftgan_hpc.launch.commands import add_commands as add_launch_commands
     from cleftgan_hpc.model.commands import add_commands as add_model_commands
+    from cleftgan_hpc.synthesis.commands import add_commands as add_synthesis_commands
 
+    add_launch_commands(sub)
     add_data_commands(sub)
     add_model_commands(sub)
+    add_synthesis_commands(sub)
     return p
 
 

@@ -70,6 +70,7 @@ class ShardDataset(IterableDataset):
         self.extension: str = manifest["extension"]
         self.epoch = 0
         self._source = None  # opened lazily in each worker process (clients do not survive fork/pickle)
+        self._source_pid = 0
 
     def __len__(self) -> int:
         """Samples in the whole dataset (all ranks)."""
@@ -106,8 +107,8 @@ class ShardDataset(IterableDataset):
         done, attempt = 0, 0
         while True:
             try:
-                if self._source is None:
-                    self._source = open_source(self.url, self.endpoint_url)
+                if self._source is None or self._source_pid != os.getpid():  # a forked worker opens its own
+                    self._source, self._source_pid = open_source(self.url, self.endpoint_url), os.getpid()
                 with self._source.open(shard["name"]) as f:
                     for i, sample in enumerate(iter_samples(f)):
                         if i >= done:  # after a retry, skip what was already yielded

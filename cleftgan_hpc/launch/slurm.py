@@ -359,7 +359,12 @@ class SlurmLauncher:
     def describe(self, plan: Plan, run: RunState) -> dict[str, str]:
         records = {s.name: read_record(run, s.name) for s in plan.stages}
         ids = [j["id"] for r in records.values() for j in r.get("jobs", [])]
-        states = sacct_states(ids) if ids else {}
+        try:
+            states = sacct_states(ids) if ids else {}
+        except LaunchError as exc:  # not on the cluster: the records in the store still tell a lot
+            why = str(exc).splitlines()[-1]
+            return {s.name: (run.status(s.name).error or f"(no Slurm state: {why})").splitlines()[0][:160]
+                    for s in plan.stages if records[s.name]}
         out: dict[str, str] = {}
         for s in plan.stages:
             jobs = records[s.name].get("jobs", [])

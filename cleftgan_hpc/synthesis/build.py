@@ -17,6 +17,7 @@ import contextlib
 import logging
 import shutil
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from cleftgan_hpc.synthesis.manifest import DatasetError, build_manifest, check_
 from cleftgan_hpc.synthesis.pipeline import Pipeline, Recipe, shard_record
 
 STALE_TEMP_S = 3600.0  # file-store temp files older than this belong to dead puts
+HEAD_CONCURRENCY = 16
 
 
 def network_copy_name(path: Path) -> str:
@@ -79,15 +81,19 @@ def shard_ok(info: ObjectInfo | None, shard: Shard, recipe: Recipe) -> bool:
     return info is not None and info.sha256 is not None and info.metadata == recipe.shard_metadata(shard)
 
 
+def head_all(store: ObjectStore, prefix: str, shards: list[Shard]) -> list[tuple[Shard, ObjectInfo | None]]:
+    """HEAD every shard, a few at a time (thousands of shards take seconds, not minutes)."""
+    with ThreadPoolExecutor(HEAD_CONCURRENCY) as pool:
+        return list(zip(shards, pool.map(lambda s: store.head(join_key(prefix, s.name)), shards), strict=True))
+
+
 def find_finished(store: ObjectStore, recipe: Recipe, shards: list[Shard], overwrite: bool) -> dict[int, ObjectInfo]:
     """The shards already in the store with this recipe's metadata (one listing, then a HEAD per hit)."""
     present = {info.key.rsplit("/", 1)[-1] for info in store.list(recipe.prefix + "/shard-")}
+    heads = head_all(store, recipe.prefix, [s for s in shards if s.name in present])
     done: dict[int, ObjectInfo] = {}
-    for shard in shards:
-        if shard.name not in present:
-            continue
+    for shard, info in heads:
         key = join_key(recipe.prefix, shard.name)
-        info = store.head(key)
         if shard_ok(info, shard, recipe):
             done[shard.index] = info  # type: ignore[assignment]
         elif info is not None and not info.metadata:
@@ -109,11 +115,13 @@ def cleanup_partial_uploads(store: ObjectStore, prefix: str, log: logging.Logger
     if client is None:
         n = store.cleanup_incomplete(older_than_s=STALE_TEMP_S)
     else:  # every task has finished when the commit runs, so any upload under the dataset is dead
-        n = 0
+        # (S3Store's client: cleanup_incomplete() has no prefix argument, and the store's whole prefix
+        # may hold other stages' uploads in flight)
+        n, bucket = 0, store.bucket  # type: ignore[attr-defined]
         full = join_key(getattr(store, "prefix", ""), prefix) + "/"
-        for page in client.get_paginator("list_multipart_uploads").paginate(Bucket=store.bucket, Prefix=full):  # type: ignore[attr-defined]
+        for page in client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=full):
             for up in page.get("Uploads", ()):
-                client.abort_multipart_upload(Bucket=store.bucket, Key=up["Key"], UploadId=up["UploadId"])  # type: ignore[attr-defined]
+                client.abort_multipart_upload(Bucket=bucket, Key=up["Key"], UploadId=up["UploadId"])
                 n += 1
     if n:
         log.info(f"removed {n} partial upload(s) left by killed tasks")
@@ -141,6 +149,8 @@ def synthesize(
 
     log = log or logging.getLogger(__name__)
     prefix = cfg.prefix
+    g = load_generator(network_path, device)
+    check_labels(cfg.labels, g.c_dim)  # before the claim: a mistake must not claim the dataset
     network_sha = sha256_file(network_path)
     options = synthesis_options(cfg, network_sha)
     digest = options_digest(options)
@@ -153,8 +163,6 @@ def synthesize(
             log.info(f"{store.uri(prefix)} is already committed ({manifest['count']} images); nothing to do")
             return manifest if task is None else None
 
-    g = load_generator(network_path, device)
-    check_labels(cfg.labels, g.c_dim)
     copy_key = join_key(prefix, network_copy_name(network_path))
     if not store.exists(copy_key):
         with contextlib.suppress(ObjectExists):  # another task copied it first
@@ -196,8 +204,7 @@ def commit(
     from cleftgan_hpc.synthesis.generate import network_info
 
     records, bad = [], []
-    for shard in shards:
-        info = store.head(join_key(recipe.prefix, shard.name))
+    for shard, info in head_all(store, recipe.prefix, shards):
         if not shard_ok(info, shard, recipe):
             bad.append(shard.name)
             continue

@@ -21,12 +21,6 @@ from cleftgan_hpc.model.generate import seed_to_z, to_uint8
 LABEL_STREAM = 0x6C61  # 'la': the second seed word of the label generator
 
 
-def file_sha256(path: str | Path) -> str:
-    from cleftgan_hpc.storage.base import sha256_file
-
-    return sha256_file(path)
-
-
 def load_generator(path: str | Path, device: str = "cpu") -> torch.nn.Module:
     """The generator to sample from (G_ema when the file has one), in eval mode on ``device``."""
     from cleftgan_hpc.model import load_network

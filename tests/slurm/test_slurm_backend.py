@@ -146,39 +146,68 @@ def test_gpu_request_gets_cuda_visible_devices(tmp_path: Path) -> None:
     assert "gres/gpu=2" in slurm("sacct", "-n", "-P", "-X", "-o", "AllocTRES", "-j", jid)
 
 
-def _digests(run: RunState, stage: str) -> dict[str, str]:
-    prefix = run.key(stage, "")
-    return {i.key[len(prefix):]: i.sha256 for i in run.store.list(prefix)
-            if "/images/" in i.key or i.key.endswith(".csv")}
+FINETUNE = """
+train:
+  kind: finetune
+  network: random
+  dataset: {dataset}
+  random_network: {{channel_base: 256, channel_max: 16, z_dim: 16, w_dim: 16}}
+  batch: 4
+  kimg: 0.06
+  snapshot_kimg: 0.008
+  augment: none
+  seed: 3
+"""
 
 
-def test_preempted_stage_is_requeued_and_matches_an_uninterrupted_run(tmp_path: Path) -> None:
-    body = """
-        faces:
-          kind: demo_data
-          count: 80
-          size: 256
-    """
+def test_preempted_finetune_resumes_and_matches_an_uninterrupted_run(tmp_path: Path, tiny_dataset: Path) -> None:
+    from safetensors.torch import load
+
+    body = FINETUNE.format(dataset=tiny_dataset)
     (tmp_path / "ref").mkdir()
-    reference = submit(write_spec(tmp_path / "ref", body))  # the same stage, never interrupted
-    wait_idle(reference, ["faces"], timeout=120)
+    reference = submit(write_spec(tmp_path / "ref", body))
+    wait_idle(reference, ["train"], timeout=300)
+    assert reference.status("train").state == "done", reference.status("train").error
+
     run = submit(write_spec(tmp_path, body))
-    wait_state(run, "faces", {"running"})
-    time.sleep(1)
-    # A job in the high partition that needs the whole node preempts (and requeues) it.
-    high = slurm("sbatch", "--parsable", "-p", "high", "-c", "8", "--mem=1G", "--wrap", "sleep 2").strip()
-    wait_idle(run, ["faces"], timeout=240)
+    deadline = time.monotonic() + 120
+    while not list(run.store.list(run.key("train", "checkpoints/"))):  # the first checkpoint is written
+        assert time.monotonic() < deadline, log_text(run, "train")[-3000:]
+        time.sleep(0.3)
+    high = slurm("sbatch", "--parsable", "-p", "high", "-c", "8", "--mem=1G", "-o", "/dev/null", "--wrap", "sleep 1").strip()
+    wait_idle(run, ["train"], timeout=300)
     assert sacct_state(high) == "COMPLETED"
-    st = run.status("faces")
-    assert st.state == "done", st.error
-    assert st.attempt >= 2  # ran again after the preemption
-    jid = job_ids(run, "faces")[0]
-    assert "Restarts=1" in slurm("scontrol", "show", "job", jid) or "PREEMPTED" in slurm(
-        "sacct", "-D", "-n", "-P", "-X", "-o", "State", "-j", jid)
-    assert "restart 1" in log_text(run, "faces")
-    assert reference.status("faces").state == "done" and reference.status("faces").attempt == 1
-    ref, got = _digests(reference, "faces"), _digests(run, "faces")
-    assert len(ref) == 82 and got == ref  # 80 images and 2 CSVs, byte for byte
+    st = run.status("train")
+    text = log_text(run, "train")
+    assert st.state == "done", (st.error, text[-3000:])
+    assert st.attempt == 2 and "restart 1" in text and "resumed from step" in text
+
+    def weights(r: RunState) -> dict:
+        return load(r.store.get_bytes(r.result("train")["network"]))
+
+    expected, got = weights(reference), weights(run)
+    assert expected.keys() == got.keys()
+    assert [k for k in expected if not expected[k].equal(got[k])] == []  # bit for bit
+
+
+def test_finetune_runs_one_task_per_gpu(tmp_path: Path, tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cleftgan_hpc.spec.stages import FinetuneStage
+
+    # The contract (launch/slurm.py): a stage class with task_per_gpu gets one srun task per GPU.
+    monkeypatch.setattr(FinetuneStage, "task_per_gpu", True, raising=False)
+    body = FINETUNE.format(dataset=tiny_dataset).replace("kimg: 0.06", "kimg: 0.016") + """
+  processes: 2
+  resources: {gpus: 2, cpus_per_task: 1}
+"""
+    run = submit(write_spec(tmp_path, body))
+    jid = job_ids(run, "train")[0]
+    assert "#SBATCH --ntasks-per-node=2" in (Path(read_record(run, "train")["folder"]) / f"{jid}_submission.sh").read_text()
+    wait_idle(run, ["train"], timeout=300)
+    st = run.status("train")
+    text = log_text(run, "train")
+    assert st.state == "done", (st.error, text[-3000:])
+    assert "rank 0, slurm job" in text and "rank 1, slurm job" in text
+    assert "gres/gpu=2" in slurm("sacct", "-n", "-P", "-X", "-o", "AllocTRES", "-j", jid)
 
 
 def test_time_limit_requeues_the_stage(tmp_path: Path) -> None:

@@ -141,6 +141,7 @@ def test_labels_formats_and_resize(tmp_path: Path, tiny_cond_net: Path, make_cfg
         assert {json.loads(s["json"])["class"] for s in iter_samples(f)} == {2}
     with pytest.raises(CleftGanError, match="2 weights given, but the network has 3 classes"):
         run_synthesis(make_cfg(network=net, labels=[1, 1], count=5, dataset="bad"), store)
+    assert not store.exists("datasets/bad/options.json")  # a mistake does not claim the dataset
     with pytest.raises(CleftGanError, match="conditional"):
         run_synthesis(make_cfg(network=net, count=5, dataset="bad2"), store)
     with pytest.raises(CleftGanError, match="unconditional"):

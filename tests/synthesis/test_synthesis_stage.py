@@ -88,5 +88,7 @@ def test_standalone_command_in_a_slurm_array(tmp_path: Path, tiny_net: Path, mon
     assert "committed" in capsys.readouterr().out
     assert main([*args, "--commit", "--psi", "0.5"]) == 1
     assert "other options (truncation_psi: 1.0 there, 0.5 here)" in capsys.readouterr().err
+    assert main([*args, "--commit", "--psi", "0.5", "--overwrite"]) == 0
+    assert store.get_json("datasets/arr/manifest.json")["options"]["truncation_psi"] == 0.5
     assert main([*args, "--commit", "--quality", "50"]) == 1
     assert "quality is for jpeg and webp" in capsys.readouterr().err

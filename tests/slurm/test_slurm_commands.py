@@ -62,3 +62,19 @@ def test_doctor_checks_the_store(tmp_path: Path, capsys: pytest.CaptureFixture) 
     assert code == 0
     code = cmd_doctor(parser().parse_args(["doctor", "--store", "file:///proc/nope", "--gpus", "0"]))
     assert code == 1 and "[FAIL] store" in capsys.readouterr().out
+
+
+def test_status_off_the_cluster_falls_back_to_the_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cleftgan_hpc.launch.slurm import RECORD, SlurmLauncher
+    from cleftgan_hpc.plan import make_plan
+    from cleftgan_hpc.runs import RunState
+    from cleftgan_hpc.spec.load import load_spec
+    from cleftgan_hpc.storage import open_store
+
+    s = load_spec(spec(tmp_path)).spec
+    run = RunState(open_store(s.store), "demo-r1")
+    run.save_spec(s)
+    run.store.put_json(run.key("faces", RECORD), {"jobs": [{"id": "5", "kind": "job"}], "folder": str(tmp_path)})
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sacct here
+    detail = SlurmLauncher().describe(make_plan(s, run.run_id), run)
+    assert detail["faces"].startswith("(no Slurm state: sacct not found")
