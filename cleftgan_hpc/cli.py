@@ -35,15 +35,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _open_run(spec, run_id: str | None, *, create: bool):  # -> RunState
-    from cleftgan_hpc.runs import RunState, latest_run_id, new_run_id
-    from cleftgan_hpc.storage import open_store
+    from cleftgan_hpc.runs import open_run
 
-    store = open_store(spec.store)
-    if run_id is None and not create:
-        run_id = latest_run_id(store, spec.name)
-        if run_id is None:
-            raise CleftGanError(f"no runs of job {spec.name!r} in {spec.store.url}")
-    return RunState(store, run_id or new_run_id(spec.name))
+    return open_run(spec, run_id, create=create)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -108,8 +102,6 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     spec = _load(args.spec).spec
     run = _open_run(spec, args.run, create=False)
-    if not run.exists():
-        raise CleftGanError(f"no run {run.run_id!r} in {spec.store.url}")
     plan = make_plan(run.load_spec(), run.run_id)
     print(f"run {run.run_id} ({spec.store.url})")
     print(format_status(plan, run, get_launcher(spec.backend).describe(plan, run)))

@@ -134,3 +134,19 @@ def latest_run_id(store: ObjectStore, job_name: str) -> str | None:
         if len(parts) == 3 and parts[2] == "spec.yaml":
             best = parts[1] if best is None or parts[1] > best else best
     return best
+
+
+def open_run(spec: JobSpec, run_id: str | None, *, create: bool) -> RunState:
+    """The run ``run_id`` of ``spec`` in its store: a new one when ``create`` and no id is given,
+    the latest one when neither is; an existing one must exist unless ``create``."""
+    from cleftgan_hpc.storage import open_store
+
+    store = open_store(spec.store)
+    if run_id is None and not create:
+        run_id = latest_run_id(store, spec.name)
+        if run_id is None:
+            raise CleftGanError(f"no runs of job {spec.name!r} in {spec.store.url}")
+    run = RunState(store, run_id or new_run_id(spec.name))
+    if not create and not run.exists():
+        raise CleftGanError(f"no run {run.run_id!r} in {spec.store.url}")
+    return run

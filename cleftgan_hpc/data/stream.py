@@ -1,10 +1,10 @@
 """ShardDataset: stream a committed synthetic dataset from S3, a file store or a pulled copy.
 
     ds = ShardDataset("s3://bucket/datasets/faces", shuffle=1000, decode="tensor")
-    loader = torch.utils.data.DataLoader(ds, batch_size=64, num_workers=4)
+    loader = torch.utils.data.DataLoader(ds, batch_size=64, num_workers=4, collate_fn=collate_samples)
     for epoch in range(n):
         ds.set_epoch(epoch)
-        for batch in loader: ...   # batch["image"]: [B, C, H, W] uint8, batch["json"]: provenance
+        for batch in loader: ...   # batch["image"]: [B, C, H, W] uint8, batch["json"]: provenance dicts
 
 Shards are split between distributed ranks and DataLoader workers (shard i goes to worker
 i mod (ranks x workers), after an epoch-seeded shuffle of the shard order that every rank
@@ -143,6 +143,15 @@ class ShardDataset(IterableDataset):
             arr = arr[:, :, None] if arr.ndim == 2 else arr  # [H, W, C]
             out["image"] = torch.from_numpy(arr.copy()).permute(2, 0, 1)  # [C, H, W] uint8
         return out
+
+
+def collate_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """DataLoader ``collate_fn`` for ShardDataset samples: images stacked to [B, C, H, W] (tensors of one
+    size; PIL images and bytes stay lists), keys and provenance dicts as lists. (torch's default collate
+    fails on the provenance's nulls, e.g. ``class`` of an unconditional network.)"""
+    images = [s["image"] for s in samples]
+    stacked = torch.stack(images) if images and all(isinstance(i, torch.Tensor) for i in images) else images
+    return {"__key__": [s["__key__"] for s in samples], "image": stacked, "json": [s["json"] for s in samples]}
 
 
 def _buffer_shuffle(items: Iterator[Any], size: int, rng: random.Random) -> Iterator[Any]:

@@ -20,18 +20,9 @@ def _load(path: str):  # -> JobSpec
 
 
 def _open_run(spec, run_id: str | None, *, create: bool):  # -> RunState
-    from cleftgan_hpc.runs import RunState, latest_run_id, new_run_id
-    from cleftgan_hpc.storage import open_store
+    from cleftgan_hpc.runs import open_run
 
-    store = open_store(spec.store)
-    if run_id is None and not create:
-        run_id = latest_run_id(store, spec.name)
-        if run_id is None:
-            raise CleftGanError(f"no runs of job {spec.name!r} in {spec.store.url}")
-    run = RunState(store, run_id or new_run_id(spec.name))
-    if not create and not run.exists():
-        raise CleftGanError(f"no run {run.run_id!r} in {spec.store.url}")
-    return run
+    return open_run(spec, run_id, create=create)
 
 
 def _require_slurm(spec, command: str) -> None:

@@ -306,8 +306,10 @@ class Ticker:
 
     def maybe(self, cur_nimg: int, stats: dict[str, float], force: bool = False) -> bool:
         now = time.monotonic()
-        if self.n0 is None:
-            self.n0 = cur_nimg - 1
+        if self.n0 is None:  # the rate counts from the first step, not from set-up
+            self.n0, self.t0, self.last = cur_nimg, now, now
+            if not force:
+                return False
         if not force and now - self.last < self.interval:
             return False
         self.last = now

@@ -52,6 +52,12 @@ def test_decoding_and_len(committed: tuple[str, str | None]) -> None:
     first = next(iter(ds))
     assert first["image"].shape == (3, 16, 16) and first["image"].dtype == torch.uint8
     assert first["json"]["seed"] == 0
+    from cleftgan_hpc.data.stream import collate_samples
+
+    loader = torch.utils.data.DataLoader(ds, batch_size=8, collate_fn=collate_samples)
+    batches = list(loader)
+    assert [b["image"].shape for b in batches] == [(8, 3, 16, 16), (8, 3, 16, 16), (6, 3, 16, 16)]
+    assert batches[0]["json"][1]["seed"] == 1 and batches[0]["json"][1]["class"] is None
     pil = next(iter(ShardDataset(url, endpoint_url=endpoint, decode="pil", transform=lambda s: s["image"])))
     assert isinstance(pil, Image.Image) and pil.size == (16, 16)
 
@@ -120,3 +126,17 @@ def test_webdataset_library_reads_our_shards(tmp_path: Path, make_cfg: Any, run_
     assert samples[3]["png"].size == (16, 16) and samples[3]["json"]["seed"] == 3
     raw = list(wds.WebDataset(urls, shardshuffle=False))
     assert json.loads(raw[0]["json"])["sha256"]
+
+
+def test_wids_opens_our_index(tmp_path: Path, make_cfg: Any, run_synthesis: Any) -> None:
+    wids = pytest.importorskip("wids")
+    from cleftgan_hpc.storage.local import LocalStore
+
+    store = LocalStore(tmp_path / "store")
+    run_synthesis(make_cfg(count=7, shard_size=3), store)
+    ds = wids.ShardListDataset(str(store.root / "datasets" / "toy" / "wids-index.json"),
+                               cache_dir=str(tmp_path / "wids-cache"), transformations=[])
+    assert len(ds) == 7
+    sample = ds[4]  # random access: the second shard's second sample
+    assert sample["__key__"] == "0000000004" and json.loads(sample[".json"].read())["seed"] == 4
+    assert Image.open(sample[".png"]).size == (16, 16)
