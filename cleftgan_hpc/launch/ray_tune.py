@@ -108,15 +108,9 @@ def _storage(store: StoreConfig, key: str) -> tuple[str, Any]:
     """Tune's storage path (and pyarrow filesystem) for a key of the run's store."""
     if store.scheme == "file":
         return str(store.local_root / key), None
-    from pyarrow import fs
+    from cleftgan_hpc.launch.tune_storage import store_filesystem
 
-    rest = store.url[len("s3://") :]
-    endpoint = store.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    kwargs: dict[str, Any] = {"region": store.region or os.environ.get("AWS_REGION", "us-east-1")}
-    if endpoint:
-        scheme, _, host = endpoint.partition("://")
-        kwargs.update(endpoint_override=host.rstrip("/"), scheme=scheme)
-    return f"{rest.rstrip('/')}/{key}", fs.S3FileSystem(**kwargs)
+    return key, store_filesystem(store)
 
 
 def run_sweep(cfg: SweepStage, ctx: StageContext) -> dict[str, Any]:
@@ -162,15 +156,14 @@ def run_sweep(cfg: SweepStage, ctx: StageContext) -> dict[str, Any]:
         f"sweep: {cfg.num_samples} sample(s) over {', '.join(cfg.space)}, {cfg.scheduler} on {metric}, "
         f"{cfg.kimg_per_trial:g} kimg per trial; Tune state in {storage_path}"
     )
-    cpus = max(int(cfg.trial_resources.cpus), ctx.cpus)
-    ray.init(
-        num_cpus=cpus,
-        num_gpus=int(cfg.trial_resources.gpus and ctx.device == "cuda"),
-        include_dashboard=False,
-        _temp_dir=str(tmp),
-        log_to_driver=True,
-        configure_logging=False,
-    )
+    if os.environ.get("RAY_ADDRESS"):  # a Ray cluster started for this job (the Slurm backend)
+        ctx.log.info(f"joining the Ray cluster at {os.environ['RAY_ADDRESS']}")
+        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True, configure_logging=False)
+    else:  # a private instance sized to this stage, its files under our scratch, gone afterwards
+        cpus = max(int(cfg.trial_resources.cpus), ctx.cpus)
+        gpus = len([g for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g])
+        ray.init(num_cpus=cpus, num_gpus=gpus if ctx.device == "cuda" else 0, include_dashboard=False,
+                 _temp_dir=str(tmp), log_to_driver=True, configure_logging=False)
     try:
         trainable = tune.with_resources(
             tune.with_parameters(run_trial, setup=setup),

@@ -82,6 +82,7 @@ class StageJob:
     downstream: list[str] = field(default_factory=list)  # stages to mark cancelled if this one fails
     task_index: int | None = None  # array task (global index), None for a plain or commit job
     task_count: int = 0  # array size; with task_index None and task_count > 0: the commit job
+    ray_cluster: bool = False  # start a Ray head (and workers on the job's other nodes) for a sweep
     grace_s: float = 60.0  # how long checkpoint() waits for the stage to stop
     time_limit_s: float = 0.0  # the job's time limit; checkpoint() leaves 10 s of it to requeue
 
@@ -118,8 +119,19 @@ class StageJob:
                "--run", self.run_id, "--stage", self.stage]
         if self.task_index is not None:
             cmd += ["--task", str(self.task_index)]
-        self._child = subprocess.Popen(cmd)
-        code = self._wait(None)
+        env = dict(os.environ)
+        if self.ray_cluster and rank == 0:
+            # A token of this job's own: only its processes may join its Ray cluster.
+            import secrets
+
+            env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+            env["RAY_ADDRESS"] = self._start_ray(env)
+        try:
+            self._child = subprocess.Popen(cmd, env=env)
+            code = self._wait(None)
+        finally:
+            if self.ray_cluster and rank == 0:
+                self._stop_ray()
         say(f"cleftgan-hpc: stage {self.stage} exited with {code}")
         if code == 0:
             return 0
@@ -169,6 +181,58 @@ class StageJob:
         while self._code is None and (deadline is None or time.monotonic() < deadline):
             time.sleep(0.1)  # the signal handler is reaping it
         return self._code
+
+    def _ray(self) -> str:
+        return str(Path(sys.executable).with_name("ray"))
+
+    def _start_ray(self, env: dict[str, str]) -> str:
+        """A Ray head on this node and one worker on each other node of the job; the whole
+        cluster dies with the job, so a requeued sweep restores from Tune's state in the store."""
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("", 0))
+            port = sock.getsockname()[1]
+        host = socket.gethostname()
+        cpus = os.environ.get("SLURM_CPUS_ON_NODE") or str(os.cpu_count() or 1)
+        gpus = len([g for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g])
+        temp = Path(os.environ.get("TMPDIR") or "/tmp") / f"ray-{_job_id()}"  # short: unix socket paths
+        # --block keeps the head in this process group: stopping it stops exactly our cluster
+        # (`ray stop` would stop every Ray of this user on the node, other jobs' included).
+        self._ray_head = subprocess.Popen(
+            [self._ray(), "start", "--head", f"--port={port}", f"--num-cpus={cpus}", f"--num-gpus={gpus}",
+             f"--temp-dir={temp}", "--include-dashboard=false", "--disable-usage-stats", "--block"],
+            start_new_session=True, env=env,
+        )
+        deadline = time.monotonic() + 120
+        while True:  # ready when the GCS port answers
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if self._ray_head.poll() is not None or time.monotonic() > deadline:
+                raise LaunchError(f"the Ray head did not start (exit {self._ray_head.poll()})")
+            time.sleep(0.5)
+        address = f"{host}:{port}"
+        nodes = int(os.environ.get("SLURM_JOB_NUM_NODES", "1"))
+        if nodes > 1:
+            self._ray_workers = subprocess.Popen([
+                "srun", "--overlap", f"--nodes={nodes - 1}", f"--ntasks={nodes - 1}", f"--exclude={host}",
+                self._ray(), "start", f"--address={address}", f"--num-cpus={cpus}", f"--num-gpus={gpus}", "--block",
+            ], start_new_session=True, env=env)
+        say(f"cleftgan-hpc: Ray cluster at {address} ({nodes} node(s))")
+        return address
+
+    def _stop_ray(self) -> None:
+        for proc in (getattr(self, "_ray_workers", None), getattr(self, "_ray_head", None)):
+            if proc is None or proc.poll() is not None:
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
 
     def _on_term(self, signum: int, _frame: object) -> None:
         self._terminated = True
@@ -331,6 +395,7 @@ class SlurmLauncher:
         grace = max(5.0, spec.slurm.signal_delay_s - 15.0)
         base = dict(store=spec.store.model_dump(mode="json"), run_id=run.run_id, stage=s.name,
                     downstream=plan.downstream(s.name), grace_s=grace,
+                    ray_cluster=bool(getattr(s.config, "ray_cluster", False)),
                     time_limit_s=s.resources.time_minutes() * 60.0)
 
         def set_deps(ids: list[str]) -> None:

@@ -21,7 +21,7 @@ from torch import nn
 from ..errors import NetworkFormatError
 from .discriminator import Discriminator
 from .generator import Generator
-from .official_pickle import copy_tensors
+from .official_pickle import copy_tensors, to_python
 
 FORMAT = "cleftgan-hpc-network"
 VERSION = 1
@@ -60,7 +60,7 @@ def save_checkpoint(net: Network, path: str | os.PathLike[str]) -> None:
     config["augment_p"] = net.augment_p
     config["training_set_kwargs"] = net.training_set_kwargs
     config["extra"] = net.extra
-    metadata = {"format": FORMAT, "version": str(VERSION), "config": json.dumps(config)}
+    metadata = {"format": FORMAT, "version": str(VERSION), "config": json.dumps(to_python(config))}
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata=metadata)

@@ -30,7 +30,7 @@ class DiscriminatorBlock(nn.Module):
         resample_filter: tuple[float, ...] = (1, 3, 3, 1),  # downsampling filter taps
         conv_clamp: float | None = None,  # activation clamp
         use_fp16: bool = False,  # may run in low precision on CUDA
-        fp16_channels_last: bool = False,  # channels_last when in low precision
+        fp16_channels_last: bool = False,  # accepted for compatibility (the network picks the memory format)
         freeze_layers: int = 0,  # freeze the first N layers of the discriminator
     ) -> None:
         super().__init__()
@@ -39,7 +39,7 @@ class DiscriminatorBlock(nn.Module):
         self.in_channels, self.tmp_channels, self.out_channels = in_channels, tmp_channels, out_channels
         self.resolution, self.img_channels = resolution, img_channels
         self.first_layer_idx, self.use_fp16 = first_layer_idx, use_fp16
-        self.channels_last = use_fp16 and fp16_channels_last
+        del fp16_channels_last
         self.register_buffer("resample_filter", torch.outer(*(2 * [torch.tensor(resample_filter)])).float())
         self.resample_filter /= self.resample_filter.sum()
         self.num_layers = 0
@@ -49,7 +49,6 @@ class DiscriminatorBlock(nn.Module):
             self.num_layers += 1
             return idx >= freeze_layers
 
-        cl = self.channels_last
         if in_channels == 0:
             self.fromrgb = Conv2dLayer(img_channels, tmp_channels, 1, activation=activation, conv_clamp=conv_clamp)
             self.fromrgb.requires_grad_(trainable())
@@ -57,7 +56,7 @@ class DiscriminatorBlock(nn.Module):
         self.conv0.requires_grad_(trainable())
         self.conv1 = Conv2dLayer(
             tmp_channels, out_channels, 3, activation=activation, down=2, resample_filter=resample_filter,
-            conv_clamp=conv_clamp, channels_last=cl,
+            conv_clamp=conv_clamp,
         )  # fmt: skip
         self.conv1.requires_grad_(trainable())
         self.skip = Conv2dLayer(tmp_channels, out_channels, 1, bias=False, down=2, resample_filter=resample_filter)
@@ -158,6 +157,7 @@ class Discriminator(nn.Module):
         conv_clamp: float | None = 256,  # activation clamp
         cmap_dim: int | None = None,  # projection width (default: channels at 4x4)
         low_precision_dtype: str = "float16",  # "float16" or "bfloat16" (CUDA only)
+        channels_last: bool = True,  # run the blocks in channels_last memory format (faster on CPU)
         block_kwargs: dict[str, Any] | None = None,  # extra DiscriminatorBlock arguments (freeze_layers, ...)
         mapping_kwargs: dict[str, Any] | None = None,  # extra ConditionMapping arguments
         epilogue_kwargs: dict[str, Any] | None = None,  # extra DiscriminatorEpilogue arguments (mbstd_group_size)
@@ -173,12 +173,14 @@ class Discriminator(nn.Module):
         self.init_kwargs: dict[str, Any] = dict(
             c_dim=c_dim, img_resolution=img_resolution, img_channels=img_channels, architecture=architecture,
             channel_base=channel_base, channel_max=channel_max, num_fp16_res=num_fp16_res, conv_clamp=conv_clamp,
-            cmap_dim=cmap_dim, low_precision_dtype=low_precision_dtype, block_kwargs=block_kwargs,
+            cmap_dim=cmap_dim, low_precision_dtype=low_precision_dtype, channels_last=channels_last,
+            block_kwargs=block_kwargs,
             mapping_kwargs=mapping_kwargs, epilogue_kwargs=epilogue_kwargs,
         )  # fmt: skip
         self.c_dim, self.img_resolution, self.img_channels = c_dim, img_resolution, img_channels
         self.low_dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}[low_precision_dtype]
         self.low_precision_on_cpu = False  # tests only: allow the low-precision path on CPU
+        self.channels_last = channels_last
         log2 = int(np.log2(img_resolution))
         self.block_resolutions = [2**i for i in range(log2, 2, -1)]
         channels = {res: min(channel_base // res, channel_max) for res in self.block_resolutions + [4]}
@@ -235,6 +237,8 @@ class Discriminator(nn.Module):
 
     def _blocks(self, img: torch.Tensor, force_fp32: bool) -> torch.Tensor:
         """All blocks down to 4x4: [n, C, res, res] -> [n, C4, 4, 4]."""
+        if self.channels_last:
+            img = img.contiguous(memory_format=torch.channels_last)
         x = None
         for res in self.block_resolutions:
             block = getattr(self, f"b{res}")

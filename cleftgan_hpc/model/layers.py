@@ -68,11 +68,10 @@ class Conv2dLayer(nn.Module):
         down: int = 1,  # downsampling factor (1 or 2)
         resample_filter: Sequence[float] = (1, 3, 3, 1),  # 1-D taps of the (outer-product) resampling filter
         conv_clamp: float | None = None,  # clamp the output to +-conv_clamp (times gain); None: off
-        channels_last: bool = False,  # run in channels_last memory format
     ) -> None:
         super().__init__()
         self.in_channels, self.out_channels, self.activation = in_channels, out_channels, activation
-        self.down, self.conv_clamp, self.channels_last = down, conv_clamp, channels_last
+        self.down, self.conv_clamp = down, conv_clamp
         self.register_buffer("resample_filter", setup_resample_filter(list(resample_filter)))
         self.padding = kernel_size // 2
         self.weight_gain = 1 / math.sqrt(in_channels * kernel_size**2)

@@ -119,14 +119,15 @@ def test_bad_resolution_is_refused() -> None:
         Generator(z_dim=8, c_dim=0, w_dim=8, img_resolution=48, img_channels=3)
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 @pytest.mark.parametrize("plain", [False, True], ids=["fast", "plain"])
-def test_low_precision_path_runs(plain: bool) -> None:
-    """The mixed-precision plumbing (CUDA: num_fp16_res layers in float16/bfloat16), exercised on CPU in bfloat16."""
+def test_low_precision_path_runs(plain: bool, dtype: str) -> None:
+    """The mixed-precision plumbing (CUDA: num_fp16_res layers in float16/bfloat16), exercised on CPU."""
     torch.manual_seed(0)
     g = Generator(z_dim=16, c_dim=0, w_dim=16, img_resolution=16, img_channels=3, channel_base=256, channel_max=16,
-                  num_fp16_res=2, low_precision_dtype="bfloat16").eval()  # fmt: skip
+                  num_fp16_res=2, low_precision_dtype=dtype).eval()  # fmt: skip
     d = Discriminator(c_dim=0, img_resolution=16, img_channels=3, channel_base=256, channel_max=16,
-                      num_fp16_res=2, low_precision_dtype="bfloat16").eval()  # fmt: skip
+                      num_fp16_res=2, low_precision_dtype=dtype).eval()  # fmt: skip
     z = torch.randn(4, 16)
     with torch.no_grad(), ops.plain_ops(plain):
         ref_img, ref_logits = g(z), d(g(z))
@@ -182,3 +183,26 @@ def test_chunked_execution_equals_whole_batch(monkeypatch: pytest.MonkeyPatch) -
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-5), (a - b).abs().max()
     for ga, gb in zip(whole[3] + whole[4], chunked[3] + chunked[4], strict=True):
         assert torch.allclose(ga, gb, atol=1e-4, rtol=1e-3), (ga - gb).abs().max()
+
+
+def test_r1_penalty_and_its_gradients_fast_equal_plain() -> None:
+    """Double backward through D: the R1 penalty and its parameter gradients agree across op versions."""
+    _, d = _build("R32-cond")
+    d.train()
+    real = torch.randn(4, 3, 32, 32)
+    c = _labels(4, 2)
+    results = []
+    for plain in (False, True):
+        d.zero_grad(set_to_none=True)
+        x = real.clone().requires_grad_(True)
+        with ops.plain_ops(plain):
+            (grad,) = torch.autograd.grad(d(x, c).sum(), x, create_graph=True)
+            r1 = grad.square().sum()
+            r1.backward()
+        results.append(
+            (r1.detach(), [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in d.parameters()])
+        )
+    (r1_fast, g_fast), (r1_plain, g_plain) = results
+    assert torch.allclose(r1_fast, r1_plain, rtol=1e-4)
+    for a, b in zip(g_fast, g_plain, strict=True):
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-5), (a - b).abs().max()

@@ -60,3 +60,20 @@ def test_bad_arguments_rejected_by_argparse(capsys) -> None:
         _run(["generate", "--network", "n.pkl", "--seeds", "5-1", "--out", "x.png"])
     with pytest.raises(SystemExit):
         _run(["generate", "--network", "n.pkl", "--seeds", "1", "--translate", "1", "--out", "x.png"])
+
+
+def test_generate_conditional_network(tmp_path: Path) -> None:
+    import torch
+
+    from cleftgan_hpc.model import Generator, Network, save_checkpoint
+
+    torch.manual_seed(0)
+    g = Generator(z_dim=8, c_dim=3, w_dim=8, img_resolution=16, img_channels=3, channel_base=256, channel_max=8)
+    save_checkpoint(Network(G_ema=g), tmp_path / "cond.safetensors")
+    net = str(tmp_path / "cond.safetensors")
+    with pytest.raises(GenerateError, match="pass --class"):
+        _run(["generate", "--network", net, "--seeds", "0", "--out", str(tmp_path / "a.png")])
+    with pytest.raises(GenerateError, match="out of range"):
+        _run(["generate", "--network", net, "--seeds", "0", "--class", "3", "--out", str(tmp_path / "a.png")])
+    assert _run(["generate", "--network", net, "--seeds", "0-2", "--class", "2", "--out", str(tmp_path / "g.png")]) == 0
+    assert np.asarray(Image.open(tmp_path / "g.png")).shape == (32, 32, 3)  # 2x2 grid of 16x16, one tile empty

@@ -55,9 +55,9 @@ def cli(spec: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProce
     )
 
 
-def no_ray_left(root: Path) -> bool:
+def no_ray_left() -> bool:
     out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    return not any("raylet" in line or "gcs_server" in line for line in out.splitlines())
+    return not any(("raylet" in line or "gcs_server" in line) and "<defunct>" not in line for line in out.splitlines())
 
 
 @pytest.mark.slow
@@ -83,8 +83,7 @@ def test_asha_sweep_writes_results_and_promotes_the_best(tiny_dataset: Path, tmp
 
     net = load_network(stage / "network.safetensors")
     assert net.G_ema is not None and net.G_ema.img_resolution == 32
-    assert no_ray_left(tmp_path), "Ray processes are still running after the sweep"
-    assert not Path("/tmp/ray").exists() or not any(Path("/tmp/ray").iterdir()) or True  # not ours to judge
+    assert no_ray_left(), "Ray processes are still running after the sweep"
 
 
 @pytest.mark.slow

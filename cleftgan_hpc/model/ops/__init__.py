@@ -7,6 +7,7 @@ call the dispatchers below, never an implementation directly.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import math
 from collections.abc import Iterator
 
@@ -20,23 +21,22 @@ from .modulated_conv import modulated_filtered_lrelu as _fast_modulated_filtered
 from .upfirdn2d import Padding
 from .upfirdn2d import upfirdn2d as _fast_upfirdn2d
 
-_use_plain = False
+_plain: contextvars.ContextVar[bool] = contextvars.ContextVar("cleftgan_plain_ops", default=False)
 
 
 @contextlib.contextmanager
 def plain_ops(enabled: bool = True) -> Iterator[None]:
-    """Within this block, every op runs its plain reference version."""
-    global _use_plain
-    prev, _use_plain = _use_plain, enabled
+    """Within this block (this thread / context only), every op runs its plain reference version."""
+    token = _plain.set(enabled)
     try:
         yield
     finally:
-        _use_plain = prev
+        _plain.reset(token)
 
 
 def using_plain_ops() -> bool:
     """True inside `plain_ops()`."""
-    return _use_plain
+    return _plain.get()
 
 
 def bias_act(
@@ -48,7 +48,7 @@ def bias_act(
     clamp: float | None = None,
 ) -> torch.Tensor:
     """Bias, activation ("linear"/"lrelu"), gain, clamp."""
-    fn = reference.ref_bias_act if _use_plain else _fast_bias_act
+    fn = reference.ref_bias_act if using_plain_ops() else _fast_bias_act
     return fn(x, b, act=act, alpha=alpha, gain=gain, clamp=clamp)
 
 
@@ -62,7 +62,7 @@ def upfirdn2d(
     gain: float = 1.0,
 ) -> torch.Tensor:
     """Upsample, pad, FIR filter, downsample."""
-    fn = reference.ref_upfirdn2d if _use_plain else _fast_upfirdn2d
+    fn = reference.ref_upfirdn2d if using_plain_ops() else _fast_upfirdn2d
     return fn(x, f, up=up, down=down, padding=padding, flip_filter=flip_filter, gain=gain)
 
 
@@ -79,7 +79,7 @@ def filtered_lrelu(
     clamp: float | None = None,
 ) -> torch.Tensor:
     """bias -> upsample -> leaky ReLU * gain, clamp -> downsample."""
-    fn = reference.ref_filtered_lrelu if _use_plain else _fast_filtered_lrelu
+    fn = reference.ref_filtered_lrelu if using_plain_ops() else _fast_filtered_lrelu
     return fn(x, fu, fd, b, up=up, down=down, padding=padding, gain=gain, slope=slope, clamp=clamp)
 
 
@@ -93,7 +93,7 @@ def modulated_conv2d(
     bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Modulated (and demodulated) convolution, optional bias after it."""
-    if _use_plain:
+    if using_plain_ops():
         y = reference.ref_modulated_conv2d(x, weight, styles, demodulate, padding, input_gain)
         return y if bias is None else y + bias.to(y.dtype).reshape(1, -1, 1, 1)
     return _fast_modulated_conv2d(x, weight, styles, demodulate, padding, input_gain, bias)
@@ -117,7 +117,7 @@ def modulated_filtered_lrelu(
     clamp: float | None,
 ) -> torch.Tensor:
     """A synthesis layer's ops: modulated conv (+ bias), then filtered leaky ReLU."""
-    if _use_plain:
+    if using_plain_ops():
         y = reference.ref_modulated_conv2d(x, weight, styles, demodulate, conv_padding, input_gain)
         return reference.ref_filtered_lrelu(y, fu, fd, bias, up, down, padding, gain, slope, clamp)
     return _fast_modulated_filtered_lrelu(

@@ -6,6 +6,8 @@ the batch runs through one ordinary convolution instead of N grouped ones.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -96,9 +98,14 @@ def _modconv_prenormalised(
 ) -> torch.Tensor:
     """modulated_conv2d for styles already normalised by their batch mean square."""
     n = x.shape[0]
-    o, i = weight.shape[:2]
+    o, i, kh, kw = weight.shape
     if demodulate:
         weight = weight * weight.square().mean([1, 2, 3], keepdim=True).rsqrt()
+        if x.dtype == torch.float16:
+            # Keep the un-demodulated conv output inside float16's range; per-filter and
+            # per-sample scales cancel in the demodulation.
+            weight = weight * (1 / math.sqrt(i * kh * kw) / weight.abs().amax(dim=[1, 2, 3], keepdim=True))
+            styles = styles / styles.abs().amax(dim=1, keepdim=True)
     scale = styles if input_gain is None else styles * input_gain.expand(n, i)
     x = x * scale.to(x.dtype).reshape(n, i, 1, 1)
     x = F.conv2d(x, weight.to(x.dtype), padding=padding)

@@ -79,6 +79,7 @@ class SweepStage(StageBase):
         "plot": "metric_vs_kimg.png",
     }
     default_output: ClassVar[str] = "network"
+    ray_cluster: ClassVar[bool] = True  # Slurm: the job starts a Ray cluster across its nodes
 
     @field_validator("space")
     @classmethod
