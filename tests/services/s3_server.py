@@ -136,7 +136,9 @@ def _probe_writes(endpoint_url: str, deadline: float) -> None:
     raise RuntimeError(f"S3 server at {endpoint_url} never accepted a write: {last}")
 
 
-def start_seaweedfs(workdir: str | Path, *, timeout: float = 60.0, weed: str | None = None) -> S3Server:
+def start_seaweedfs(
+    workdir: str | Path, *, timeout: float = 60.0, weed: str | None = None, extra_args: tuple[str, ...] = ()
+) -> S3Server:
     """Start `weed mini` with its data in ``workdir``, on free 127.0.0.1 ports; wait until it stores."""
     weed = weed or find_weed()
     if weed is None:
@@ -147,13 +149,13 @@ def start_seaweedfs(workdir: str | Path, *, timeout: float = 60.0, weed: str | N
         data = workdir / f"weed{attempt}"
         (data / "log").mkdir(parents=True, exist_ok=True)
         try:
-            return _start_weed_once(weed, data, timeout)
+            return _start_weed_once(weed, data, timeout, extra_args)
         except RuntimeError as e:
             errors.append(str(e))
     raise RuntimeError("could not start SeaweedFS:\n" + "\n".join(errors))
 
 
-def _start_weed_once(weed: str, data: Path, timeout: float) -> S3Server:
+def _start_weed_once(weed: str, data: Path, timeout: float, extra_args: tuple[str, ...] = ()) -> S3Server:
     ports = dict(zip(_PORT_FLAGS, _free_ports(len(_PORT_FLAGS)), strict=True))
     # unix sockets live in a short directory (108-byte path limit), not /tmp/seaweedfs-*.sock
     sockdir = Path(tempfile.mkdtemp(prefix="weed-"))
@@ -172,6 +174,7 @@ def _start_weed_once(weed: str, data: Path, timeout: float) -> S3Server:
         f"-filer.localSocket={sockdir / 'filer.sock'}",
         f"-s3.localSocket={sockdir / 's3.sock'}",
         *(f"-{flag}={port}" for flag, port in ports.items()),
+        *extra_args,
     ]
     out = open(data / "weed.out", "wb")  # noqa: SIM115 - closed in stop()
     proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=data)

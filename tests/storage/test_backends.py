@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -183,29 +183,54 @@ def test_s3_no_credentials(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) ->
         S3Store("cleftgan-test", endpoint_url=s3_endpoint, profile="nope")
 
 
+@pytest.fixture(scope="module")
+def s3_with_identities(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A second real SeaweedFS that checks credentials: an admin and a read-only user."""
+    import json
+
+    from services.s3_server import ACCESS_KEY, SECRET_KEY, start_seaweedfs
+
+    root = tmp_path_factory.mktemp("weed-auth")
+    config = root / "s3.json"
+    config.write_text(json.dumps({"identities": [
+        {"name": "admin", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+         "actions": ["Admin", "Read", "List", "Tagging", "Write"]},
+        {"name": "reader", "credentials": [{"accessKey": "reader", "secretKey": "reader-secret"}],
+         "actions": ["Read", "List"]},
+    ]}))
+    server = start_seaweedfs(root, extra_args=(f"-s3.config={config}",))
+    yield server.endpoint_url
+    server.stop()
+
+
 @pytest.mark.parametrize(
-    ("code", "status", "message"),
+    ("key_id", "secret", "action", "message"),
     [
-        ("AccessDenied", 403, "access denied"),
-        ("InvalidAccessKeyId", 403, "credentials rejected"),
-        ("NoSuchBucket", 404, "does not exist"),
-        ("SlowDown", 503, "SlowDown"),
+        ("cleftgan-test", "not-the-secret", "get", "credentials rejected"),
+        ("nobody", "whatever", "put", "credentials rejected"),
+        ("reader", "reader-secret", "put", "access denied"),
     ],
 )
-def test_s3_server_errors_are_translated(s3_endpoint: str, code: str, status: int, message: str) -> None:
-    from botocore.stub import Stubber
+def test_s3_server_refusals_are_one_clear_error(
+    s3_with_identities: str, monkeypatch: pytest.MonkeyPatch, key_id: str, secret: str, action: str, message: str
+) -> None:
+    from services.s3_server import ACCESS_KEY, SECRET_KEY
 
     from cleftgan_hpc.storage.s3 import S3Store
 
-    store = S3Store("cleftgan-test", "p", endpoint_url=s3_endpoint, max_attempts=1)
-    with Stubber(store._client) as stub:
-        stub.add_client_error("get_object", service_error_code=code, http_status_code=status)
-        stub.add_client_error("put_object", service_error_code=code, http_status_code=status)
-        with pytest.raises(StorageError, match=message) as info:
-            store.get_bytes("k")
-        assert not isinstance(info.value, ObjectNotFound)
-        with pytest.raises(StorageError, match=message):
-            store.put_bytes("k", b"x")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    admin = S3Store("cleftgan-auth", "p", endpoint_url=s3_with_identities, max_attempts=1)
+    admin.ensure_bucket()
+    admin.put_bytes("k", b"x")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", key_id)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    store = S3Store("cleftgan-auth", "p", endpoint_url=s3_with_identities, max_attempts=1)
+    with pytest.raises(StorageError, match=message) as info:
+        store.get_bytes("k") if action == "get" else store.put_bytes("k2", b"y")
+    assert not isinstance(info.value, ObjectNotFound)
+    assert "Traceback" not in str(info.value)
 
 
 def test_s3_corrupt_download_is_refused(s3_store_factory: Callable[..., Any], tmp_path: Path) -> None:
