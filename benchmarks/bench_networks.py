@@ -42,14 +42,18 @@ def build(name: str) -> tuple[Generator, Discriminator]:
     return g, d
 
 
-def timed(fn: Callable[[], object], repeats: int) -> float:
-    """Best-of-`repeats` seconds of fn() after one warm-up call."""
+def timed(fn: Callable[[], object], repeats: int, min_seconds: float = 3.0, max_repeats: int = 50) -> float:
+    """Best seconds of fn() over at least `repeats` calls and `min_seconds` (after one warm-up call).
+
+    The best, not the mean: on a shared machine, other processes only ever add time.
+    """
     fn()
-    best = float("inf")
-    for _ in range(repeats):
+    best, total, count = float("inf"), 0.0, 0
+    while count < repeats or (total < min_seconds and count < max_repeats):
         t0 = time.perf_counter()
         fn()
-        best = min(best, time.perf_counter() - t0)
+        dt = time.perf_counter() - t0
+        best, total, count = min(best, dt), total + dt, count + 1
     return best
 
 

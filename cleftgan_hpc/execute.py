@@ -77,8 +77,10 @@ def execute_stage(store_cfg: StoreConfig, run_id: str, stage: str, task: int | N
     )
     ctx.install_signal_handlers()
     cfg = _with_upstream_inputs(run, planned)
-    if env_rank() > 0:  # a data-parallel worker: rank 0 keeps the records
-        return _run_worker(planned, cfg, ctx)
+    if env_rank() > 0:
+        if not getattr(type(cfg), "task_per_gpu", False):  # only data-parallel stages use more tasks
+            return 0
+        return _run_worker(planned, cfg, ctx)  # a data-parallel worker: rank 0 keeps the records
     if task is None:
         return _run_whole(run, planned, cfg, ctx, log_file)
     return _run_task(run, planned, cfg, ctx, log_file)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import secrets
 import socket
 import time
@@ -20,6 +21,7 @@ from typing import Literal
 import yaml
 
 from cleftgan_hpc.errors import CleftGanError, ObjectNotFound
+from cleftgan_hpc.plan import Plan
 from cleftgan_hpc.spec.job import JobSpec
 from cleftgan_hpc.stages.context import stage_prefix
 from cleftgan_hpc.storage.base import ObjectStore, join_key
@@ -100,7 +102,7 @@ class RunState:
             text = self.store.get_text(key)
         except ObjectNotFound:
             raise CleftGanError(f"no run {self.run_id!r} in {self.store.url} (missing {key})") from None
-        return parse_spec(text, file=self.store.uri(key)).spec
+        return parse_spec(text, file=self.store.uri(key), interpolate=False).spec
 
     def exists(self) -> bool:
         return self.store.exists(join_key(self.prefix, "spec.yaml"))
@@ -116,6 +118,15 @@ class RunState:
         status.updated = time.time()
         self.store.put_json(self.key(stage, "status.json"), asdict(status))
 
+    def reset_stage(self, stage: str) -> int:
+        """Delete what a stage made (checkpoints, outputs, logs), keeping its status record, so it
+        starts over instead of resuming from work done with another config."""
+        keep = self.key(stage, "status.json")
+        doomed = [i.key for i in self.store.list(stage_prefix(self.run_id, stage) + "/") if i.key != keep]
+        for key in doomed:
+            self.store.delete(key)
+        return len(doomed)
+
     def result(self, stage: str) -> dict[str, str] | None:
         try:
             return self.store.get_json(self.key(stage, "result.json"))["outputs"]
@@ -127,11 +138,13 @@ class RunState:
 
 
 def latest_run_id(store: ObjectStore, job_name: str) -> str | None:
-    """The newest run of ``job_name`` in the store (run ids sort by creation time)."""
+    """The newest run of ``job_name`` in the store: ids made by new_run_id sort by creation
+    time; ids given by hand (and other jobs whose names start the same) are not candidates."""
+    pattern = re.compile(re.escape(job_name) + r"-\d{8}-\d{6}-[0-9a-f]{4}")
     best = None
     for info in store.list(f"runs/{job_name}-"):
         parts = info.key.split("/")
-        if len(parts) == 3 and parts[2] == "spec.yaml":
+        if len(parts) == 3 and parts[2] == "spec.yaml" and pattern.fullmatch(parts[1]):
             best = parts[1] if best is None or parts[1] > best else best
     return best
 
@@ -150,3 +163,26 @@ def open_run(spec: JobSpec, run_id: str | None, *, create: bool) -> RunState:
     if not create and not run.exists():
         raise CleftGanError(f"no run {run.run_id!r} in {spec.store.url}")
     return run
+
+
+Decision = Literal["skip", "resume", "fresh"]
+
+
+def decide(plan: Plan, run: RunState, force: set[str]) -> dict[str, tuple[Decision, str]]:
+    """What each stage of a (re)started run does, and why: skip (done, up to date), resume
+    (continue from its own checkpoints) or fresh (forced, or its config changed: start over)."""
+    forced = set(force)
+    for name in force:
+        forced.update(plan.downstream(name))
+    out: dict[str, tuple[Decision, str]] = {}
+    for s in plan.stages:
+        st = run.status(s.name)
+        if s.name in forced:
+            out[s.name] = ("fresh", "forced")
+        elif st.fingerprint and st.fingerprint != s.fingerprint:
+            out[s.name] = ("fresh", "its config or an upstream stage changed since it ran")
+        elif st.state == "done":
+            out[s.name] = ("skip", f"done earlier (attempt {st.attempt})")
+        else:
+            out[s.name] = ("resume", "")
+    return out

@@ -113,3 +113,22 @@ def test_failed_stage_cancels_dependents(tmp_path: Path) -> None:
     assert "Traceback" not in out.stderr
     status = json.loads((tmp_path / "store/runs/f-1/stages/broken/status.json").read_text())
     assert status["state"] == "failed"
+
+
+def test_latest_run_is_this_jobs_and_stored_specs_keep_literal_dollars(tmp_path: Path) -> None:
+    from cleftgan_hpc.runs import latest_run_id, new_run_id
+    from cleftgan_hpc.spec.load import parse_spec
+
+    store = LocalStore(tmp_path / "store")
+    spec = parse_spec("name: dol\nstages:\n  faces: {kind: demo_data, count: 2}\n", env={}).spec
+    other = parse_spec("name: dol-big\nstages:\n  faces: {kind: demo_data, count: 2}\n", env={}).spec
+    mine = new_run_id("dol")
+    RunState(store, mine).save_spec(spec)
+    RunState(store, "dol-big-29991231-235959-ffff").save_spec(other)  # sorts after, another job
+    RunState(store, "dol-by-hand").save_spec(spec)
+    assert latest_run_id(store, "dol") == mine
+
+    literal = parse_spec("name: lit\nstages:\n  faces:\n    kind: preprocess\n    images: /x/$${HOME}/p\n", env={}).spec
+    run = RunState(store, "lit-1")
+    run.save_spec(literal)
+    assert run.load_spec().stages["faces"].images == "/x/${HOME}/p"  # not expanded again when read back

@@ -12,7 +12,7 @@ import sys
 import time
 
 from cleftgan_hpc.plan import Plan, PlannedStage
-from cleftgan_hpc.runs import RunState, StageStatus
+from cleftgan_hpc.runs import RunState, StageStatus, decide
 from cleftgan_hpc.stages.context import EXIT_REQUEUE
 
 
@@ -31,22 +31,18 @@ class LocalLauncher:
     cancels everything downstream and the run stops there."""
 
     def launch(self, plan: Plan, run: RunState, force: set[str]) -> bool:
-        forced = set(force)
-        for name in force:
-            forced.update(plan.downstream(name))
         for s in plan.stages:  # make every stage visible in `status` from the start
             if not run.store.exists(run.key(s.name, "status.json")):
                 run.set_status(s.name, StageStatus())
-
+        decisions = decide(plan, run, force)
         outcome: dict[str, str] = {}
         for s in plan.stages:
-            status = run.status(s.name)
-            if s.name not in forced and status.state == "done" and status.fingerprint == s.fingerprint:
-                say(f"= {s.name}: done earlier (attempt {status.attempt}), skipped")
+            decision, why = decisions[s.name]
+            if decision == "skip":
+                say(f"= {s.name}: {why}, skipped")
                 outcome[s.name] = "done"
                 continue
-            if status.state == "done" and s.name not in forced:
-                say(f"~ {s.name}: its config or an upstream stage changed since it ran; running again")
+            status = run.status(s.name)
             blocked = [d for d in s.needs if outcome.get(d) != "done"]
             if blocked:
                 reason = f"not run: upstream stage {blocked[0]!r} {outcome.get(blocked[0], 'did not finish')}"
@@ -56,6 +52,9 @@ class LocalLauncher:
                 say(f"x {s.name}: {reason}")
                 outcome[s.name] = "cancelled"
                 continue
+            if decision == "fresh":
+                removed = run.reset_stage(s.name)
+                say(f"~ {s.name}: {why}; starting over" + (f" ({removed} old objects removed)" if removed else ""))
             outcome[s.name] = self._run_stage(plan, run, s)
         return all(v == "done" for v in outcome.values())
 

@@ -64,6 +64,8 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     from cleftgan_hpc.training.loop import derive_seed
 
     torch.set_num_threads(max(1, int(setup.sweep.trial_resources.cpus)))  # trials share the node's cores
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID"):
+        os.environ.pop(var, None)  # a trial is one process, whatever the job around Ray looks like
     trial_id = tune.get_context().get_trial_id()
     cfg = trial_config(setup.sweep, config, derive_seed("trial", trial_id) % 10_000)
     name = f"{setup.sweep_stage}/trials/{trial_id}"

@@ -59,7 +59,7 @@ from cleftgan_hpc.launch.sbatch import (
     summarize,
 )
 from cleftgan_hpc.plan import Plan, PlannedStage
-from cleftgan_hpc.runs import RunState, StageStatus
+from cleftgan_hpc.runs import RunState, StageStatus, decide
 from cleftgan_hpc.stages.context import EXIT_REQUEUE
 
 RECORD = "slurm.json"  # per stage, next to status.json: what was submitted for it
@@ -305,19 +305,20 @@ class SlurmLauncher:
 
     # -- submit ---------------------------------------------------------------------------------
     def launch(self, plan: Plan, run: RunState, force: set[str]) -> bool:
-        forced = set(force)
-        for name in force:
-            forced.update(plan.downstream(name))
+        decisions = decide(plan, run, force)
         self._refuse_if_active(plan, run)
         chunk = min(max_array_size(), plan.spec.slurm.max_array_size or 10**9)
         submitted: dict[str, list[str]] = {}  # stage -> job ids its dependents wait for
         records: dict[str, dict[str, Any]] = {}
         try:
             for s in plan.stages:
-                status = run.status(s.name)
-                if s.name not in forced and status.state == "done" and status.fingerprint == s.fingerprint:
-                    say(f"= {s.name}: done earlier (attempt {status.attempt}), skipped")
+                decision, why = decisions[s.name]
+                if decision == "skip":
+                    say(f"= {s.name}: {why}, skipped")
                     continue
+                if decision == "fresh":
+                    removed = run.reset_stage(s.name)
+                    say(f"~ {s.name}: {why}; starting over" + (f" ({removed} old objects removed)" if removed else ""))
                 deps = [jid for d in s.needs for jid in submitted.get(d, [])]
                 records[s.name] = self._submit_stage(plan, run, s, deps, chunk)
                 submitted[s.name] = [j["id"] for j in records[s.name]["jobs"]]

@@ -12,6 +12,7 @@ from torch import nn
 
 from . import ops
 from .filters import setup_resample_filter
+from .ops.bias_act import clamp_for_autograd
 
 
 def normalize_2nd_moment(x: torch.Tensor, dim: int = 1, eps: float = 1e-8) -> torch.Tensor:
@@ -113,7 +114,7 @@ class Conv2dLayer(nn.Module):
                 raise ValueError(f"unknown activation {self.activation!r}")
             if clamp is not None and clamp >= 0:
                 grad = torch.is_grad_enabled() and x.requires_grad
-                x = x.clamp(-clamp, clamp) if grad else x.clamp_(-clamp, clamp)
+                x = clamp_for_autograd(x, clamp) if grad else x.clamp_(-clamp, clamp)
             return x
         return ops.bias_act(x, b, act=self.activation, gain=act_gain, clamp=clamp)
 

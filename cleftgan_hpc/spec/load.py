@@ -64,11 +64,12 @@ def _mark(node: yaml.Node) -> tuple[int, int]:
 class _Reader:
     """Turns a composed YAML node tree into plain data, recording positions and problems."""
 
-    def __init__(self, file: str, env: typing.Mapping[str, str]) -> None:
-        self.file, self.env = file, env
+    def __init__(self, file: str, env: typing.Mapping[str, str], interpolate: bool = True) -> None:
+        self.file, self.env, self.expand_vars = file, env, interpolate
         self.pos = Positions()
         self.problems: list[SpecProblem] = []
         self.budget = 100_000  # values read, aliases expanded
+        self._open: set[int] = set()  # collections being read (to catch alias loops)
         self._constructor = yaml.constructor.SafeConstructor()
         self._resolver = yaml.resolver.Resolver()
 
@@ -80,6 +81,18 @@ class _Reader:
         if self.budget < 0:  # YAML aliases can expand exponentially ("billion laughs")
             raise SpecError([SpecProblem(self.file, *_mark(node), dotted(loc), "the spec expands to too many values")])
         self.pos.values[loc] = _mark(node)
+        if id(node) in self._open:  # an alias to a mapping or list that contains it
+            self.problem(_mark(node), loc, "a YAML alias refers to a value that contains it (a loop)")
+            return None
+        if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
+            self._open.add(id(node))
+            try:
+                return self._collection(node, loc)
+            finally:
+                self._open.discard(id(node))
+        return self.scalar(node, loc)
+
+    def _collection(self, node: yaml.Node, loc: Loc) -> Any:
         if isinstance(node, yaml.MappingNode):
             out: dict[Any, Any] = {}
             for key_node, value_node in node.value:
@@ -99,13 +112,11 @@ class _Reader:
                 self.pos.keys[loc + (key,)] = _mark(key_node)
                 out[key] = self.read(value_node, loc + (key,))
             return out
-        if isinstance(node, yaml.SequenceNode):
-            return [self.read(item, loc + (i,)) for i, item in enumerate(node.value)]
-        return self.scalar(node, loc)
+        return [self.read(item, loc + (i,)) for i, item in enumerate(node.value)]
 
     def scalar(self, node: yaml.ScalarNode, loc: Loc) -> Any:
         text = node.value
-        if "$" in text:
+        if "$" in text and self.expand_vars:
             text = self.interpolate(text, node, loc)
             if node.style is None:  # plain scalar: re-type what the variable gave ("64" -> 64)
                 tag = self._resolver.resolve(yaml.ScalarNode, text, (True, False))
@@ -158,12 +169,20 @@ def load_spec(path: str | Path, env: typing.Mapping[str, str] | None = None) -> 
 
 
 def parse_spec(
-    text: str, *, file: str = "<spec>", base_dir: Path | None = None, env: typing.Mapping[str, str] | None = None
+    text: str,
+    *,
+    file: str = "<spec>",
+    base_dir: Path | None = None,
+    env: typing.Mapping[str, str] | None = None,
+    interpolate: bool = True,
 ) -> LoadedSpec:
-    """Like load_spec, from text."""
-    reader = _Reader(file, os.environ if env is None else env)
+    """Like load_spec, from text. ``interpolate=False`` reads a resolved spec (as a run stores
+    it) where a ``${...}`` left in a value is literal text, not a variable."""
+    reader = _Reader(file, os.environ if env is None else env, interpolate)
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except RecursionError:
+        raise SpecError([SpecProblem(file, 1, 1, "", "the spec is nested too deeply")]) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
@@ -173,7 +192,10 @@ def parse_spec(
         raise SpecError([SpecProblem(file, 1, 1, "", f"YAML syntax error: {exc}")]) from None
     if node is None:
         raise SpecError([SpecProblem(file, 1, 1, "", "the spec is empty; expected a mapping with name and stages")])
-    data = reader.read(node, ())
+    try:
+        data = reader.read(node, ())
+    except RecursionError:
+        raise SpecError([SpecProblem(file, 1, 1, "", "the spec is nested too deeply")]) from None
     if not isinstance(data, dict):
         reader.problem(reader.pos.of(()), (), "the spec must be a mapping with name, store, backend and stages")
         raise SpecError(reader.problems)

@@ -7,6 +7,7 @@ it finishes the step, checkpoints, and exits 75 (requeue me).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -138,6 +139,15 @@ def make_augment(cfg: FinetuneStage, device: torch.device) -> Any:
 SnapshotHook = Callable[[dict[str, Any]], None]
 
 
+def training_config_hash(cfg: FinetuneStage) -> str:
+    """What a checkpoint must agree with to be resumed: everything but length, snapshots and
+    the learning-rate/ADA knobs a sweep's PBT may change between a checkpoint and its clone."""
+    free = {"kimg", "snapshot_kimg", "keep_checkpoints", "metrics", "metric_samples", "grid_seeds", "glr", "dlr",
+            "ada_target", "ada_kimg", "ada_interval", "augment_p", "gamma", "needs", "resources"}
+    data = cfg.model_dump(mode="json", exclude=free)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def run(
     cfg: FinetuneStage, ctx: StageContext, *, on_snapshot: SnapshotHook | None = None, start_from: str | None = None
 ) -> dict[str, str]:
@@ -172,9 +182,21 @@ def _train(
     nets = build_networks(cfg, ctx, data, device)
     trainer = Trainer(cfg, nets, data, make_augment(cfg, device), device, d, log)
     ckpts = CheckpointStore(ctx.store, ctx.key("checkpoints"), cfg.keep_checkpoints, ctx.scratch / "checkpoints")
-    state = ckpts.load(start_from) if start_from else ckpts.load_latest()
+    config_hash = training_config_hash(cfg)
+    if start_from:  # a sweep trial restored by Tune, or a PBT clone of another trial
+        state = ckpts.load(start_from)
+        ckpts.drop_after(int(state["progress"]["step"]), keep=start_from)  # they belong to another trajectory
+    else:
+        state = ckpts.load_latest()
+        if state is not None and state.get("config_hash", config_hash) != config_hash:
+            raise CleftGanError(
+                f"the checkpoints under {ctx.store.uri(ckpts.prefix)} were written with another training config; "
+                "run the stage with --force to start over"
+            )
     if state is not None:
         trainer.load_state(state)
+        if start_from and not start_from.startswith(ckpts.prefix + "/"):
+            trainer.progress.best_metric = trainer.progress.best_key = None  # the donor's best is not ours
         where = f" ({start_from})" if start_from else ""
         log(f"resumed from step {trainer.progress.step} (kimg {trainer.progress.cur_nimg / 1000:.2f}){where}")
     else:
@@ -203,6 +225,7 @@ def _train(
             return None
         payload = trainer.state()
         payload["metrics"] = history
+        payload["config_hash"] = config_hash
         return ckpts.save(payload, prog.step, prog.best_key, ctx.log)
 
     t_attempt = time.monotonic()

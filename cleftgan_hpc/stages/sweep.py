@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import math
+from collections.abc import Callable
 from typing import Any
 
 from cleftgan_hpc.errors import CleftGanError
@@ -18,12 +19,15 @@ from cleftgan_hpc.spec.kinds.sweep import SweepStage
 from cleftgan_hpc.stages.context import StageContext
 
 
-def best_of(results: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(trial, history entry) with the lowest metric over every trial's snapshots."""
+def best_of(results: dict[str, Any], exists: Callable[[str], bool]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(trial, history entry) with the lowest metric over every trial's snapshots whose
+    checkpoint is still in the store."""
     metric = results["metric"]
     best: tuple[float, dict[str, Any], dict[str, Any]] | None = None
     for trial in results["trials"]:
         for h in trial["history"]:
+            if not h.get("checkpoint_key") or not exists(h["checkpoint_key"]):
+                continue
             value = h.get(metric)
             if isinstance(value, (int, float)) and math.isfinite(value) and (best is None or value < best[0]):
                 best = (value, trial, h)
@@ -86,7 +90,7 @@ def run(cfg: SweepStage, ctx: StageContext) -> dict[str, str]:
 
     results = run_sweep(cfg, ctx)
     outputs = {name: ctx.key(fname) for name, fname in SweepStage.outputs.items()}
-    best_trial, best = best_of(results)
+    best_trial, best = best_of(results, ctx.store.exists)
     results["best"] = {"trial": best_trial["trial"], "config": best_trial["config"], **best}
     ctx.store.put_text(outputs["results_json"], json.dumps(results, indent=2, default=str) + "\n")
     ctx.store.put_text(outputs["results_csv"], results_csv(results))

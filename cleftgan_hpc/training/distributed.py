@@ -7,6 +7,7 @@ subsets make DDP's hooks a poor fit, and the explicit version is easy to follow.
 
 from __future__ import annotations
 
+import datetime
 import os
 import re
 from dataclasses import dataclass
@@ -69,7 +70,8 @@ def init(d: DistEnv, device: torch.device) -> None:
         return
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(
-        backend, init_method=f"tcp://{d.master_addr}:{d.master_port}", rank=d.rank, world_size=d.world_size
+        backend, init_method=f"tcp://{d.master_addr}:{d.master_port}", rank=d.rank, world_size=d.world_size,
+        timeout=datetime.timedelta(hours=2),  # rank 0 alone writes snapshots (metrics, big checkpoints)
     )
 
 
@@ -94,11 +96,15 @@ def average_gradients(params: list[torch.nn.Parameter], world_size: int) -> None
 
 
 def all_sum(values: torch.Tensor, world_size: int) -> torch.Tensor:
-    """Sum a small tensor over ranks (stats, ADA's sign accumulator)."""
-    if world_size > 1:
-        values = values.clone()
-        dist.all_reduce(values)
-    return values
+    """Sum a small tensor over ranks (stats, flags, ADA's sign accumulator), on any device:
+    nccl reduces CUDA tensors only, so CPU values travel through the current GPU and back."""
+    if world_size == 1:
+        return values
+    comm = values.clone()
+    if dist.get_backend() == "nccl" and comm.device.type != "cuda":
+        comm = comm.to(torch.device("cuda", torch.cuda.current_device()))
+    dist.all_reduce(comm)
+    return comm.to(values.device)
 
 
 def broadcast_module(module: torch.nn.Module, world_size: int) -> None:

@@ -26,8 +26,7 @@ from cleftgan_hpc.training.ada import AdaConfig, AdaController
 from cleftgan_hpc.training.loss import Loss
 from cleftgan_hpc.training.state import CheckpointStore, Progress, progress_from_dict, progress_to_dict
 
-G_REG_INTERVAL = 4  # StyleGAN3 enables lazy regularisation for G (with no G penalty): its Adam is scaled by 4/5
-D_REG_INTERVAL = 16  # lazy R1 every 16 D steps
+D_REG_INTERVAL = 16  # lazy R1 every 16 D steps (StyleGAN3 has no G regulariser: G's Adam is unscaled)
 
 
 class TrainingDiverged(CleftGanError):
@@ -88,9 +87,9 @@ class TrainData:
         return img, c
 
 
-def adam(params: list[torch.nn.Parameter], lr: float, reg_interval: int) -> torch.optim.Adam:
+def adam(params: list[torch.nn.Parameter], lr: float, reg_interval: int | None) -> torch.optim.Adam:
     """Adam with the reference's betas (0, 0.99) and eps, scaled for lazy regularisation."""
-    ratio = reg_interval / (reg_interval + 1)
+    ratio = reg_interval / (reg_interval + 1) if reg_interval else 1.0
     return torch.optim.Adam(params, lr=lr * ratio, betas=(0.0, 0.99**ratio), eps=1e-8)
 
 
@@ -138,7 +137,7 @@ class Trainer:
         freeze_discriminator(self.nets.D, cfg.freeze_d)
         self.g_params = [p for p in self.nets.G.parameters() if p.requires_grad]
         self.d_params = [p for p in self.nets.D.parameters() if p.requires_grad]
-        self.opt_G = adam(self.g_params, cfg.glr, G_REG_INTERVAL)
+        self.opt_G = adam(self.g_params, cfg.glr, None)
         self.opt_D = adam(self.d_params, cfg.dlr, D_REG_INTERVAL)
         self.loss = Loss(self.nets.G, self.nets.D, self.augment, cfg.gamma)
         self.progress = Progress(ada_p=cfg.augment_p or 0.0)
@@ -171,15 +170,17 @@ class Trainer:
         self.opt_G.load_state_dict(state["opt_G"])
         self.opt_D.load_state_dict(state["opt_D"])
         # The config's learning rates win over the saved ones (a PBT clone may have new ones).
-        for opt, lr, interval in (
-            (self.opt_G, self.cfg.glr, G_REG_INTERVAL),
-            (self.opt_D, self.cfg.dlr, D_REG_INTERVAL),
-        ):
+        for opt, lr in ((self.opt_G, self.cfg.glr), (self.opt_D, self.cfg.dlr * D_REG_INTERVAL / (D_REG_INTERVAL + 1))):
             for group in opt.param_groups:
-                group["lr"] = lr * interval / (interval + 1)
+                group["lr"] = lr
         self.progress = progress_from_dict(state["progress"])
-        if self.ada is not None and self.progress.ada_state:
-            self.ada.load_state_dict(self.progress.ada_state)
+        if self.cfg.augment_p is not None:  # a fixed p in the config wins (a sweep may have changed it)
+            self.progress.ada_p = self.cfg.augment_p
+        elif self.ada is not None:
+            if self.progress.ada_state:
+                self.ada.load_state_dict(self.progress.ada_state)
+            else:
+                self.ada.p = self.progress.ada_p
 
     # -- one batch -------------------------------------------------------------------------
     def step(self) -> dict[str, float]:
@@ -211,7 +212,9 @@ class Trainer:
             return self.data.labels[gen_c_idx[phase][sl] % self.data.images.shape[0]].to(dev)
 
         def aug_gen(phase: str, r: int) -> torch.Generator:
-            return generator("augment", cfg.seed, step, phase, rank, r)
+            # keyed by the slice's place in the global batch: the same samples get the same draws
+            # whether they are one process's round r or another process's whole share
+            return generator("augment", cfg.seed, step, phase, lo + r * self.per_round)
 
         # G main.
         for p in self.d_params:
@@ -275,9 +278,12 @@ class Trainer:
         return out
 
     def _check(self, loss: torch.Tensor, what: str) -> None:
-        if not torch.isfinite(loss):
+        # Every rank learns of a non-finite loss anywhere, so all stop together (none waits in a collective).
+        bad = torch.tensor([0.0 if bool(torch.isfinite(loss)) else 1.0])
+        if distributed.all_sum(bad, self.dist_env.world_size).item() > 0:
+            value = loss.item() if not torch.isfinite(loss) else "non-finite on another rank"
             raise TrainingDiverged(
-                f"the {what} loss became {loss.item()} at step {self.progress.step} "
+                f"the {what} loss became {value} at step {self.progress.step} "
                 f"(kimg {self.progress.cur_nimg / 1000:.1f}); lower the learning rates or raise gamma. "
                 "The last good checkpoint is intact."
             )

@@ -19,7 +19,7 @@ Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 
 def blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur (the reference's base-2 kernel: 2^-(x/sigma)^2), reflect padded."""
+    """Separable Gaussian blur (the reference's base-2 kernel: 2^-(x/sigma)^2), zero padded as the reference."""
     size = int(sigma * 3)
     if size <= 0:
         return img
@@ -27,7 +27,7 @@ def blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
     f = (x / sigma).square().neg().exp2()
     f = f / f.sum()
     c = img.shape[1]
-    pad = F.pad(img, [size, size, size, size], mode="reflect")
+    pad = F.pad(img, [size, size, size, size])
     out = F.conv2d(pad, f.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
     return F.conv2d(out, f.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
 

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from cleftgan_hpc.errors import CleftGanError, ObjectExists
-from cleftgan_hpc.storage.base import ObjectStore, join_key
+from cleftgan_hpc.storage.base import ObjectStore, join_key, sha256_file
 
 
 @dataclass
@@ -58,9 +58,11 @@ class CheckpointStore:
         torch.save(payload, tmp)
         try:
             info = self.store.put_file(key, tmp, if_absent=True)
-        except ObjectExists:  # a previous attempt got this far: same step, same content
+        except ObjectExists:  # a previous attempt got this far; on CPU the bytes are the same
             info = self.store.head(key)
-            assert info is not None
+            if info is None or info.sha256 != sha256_file(tmp):  # not the same state (e.g. CUDA): ours wins
+                self.store.delete(key)
+                info = self.store.put_file(key, tmp, if_absent=True)
         finally:
             tmp.unlink(missing_ok=True)
         pointer = {"key": key, "step": step, "sha256": info.sha256, "time": time.time(), "best_key": best_key}
@@ -86,6 +88,12 @@ class CheckpointStore:
 
     def checkpoints(self) -> list[str]:
         return sorted(i.key for i in self.store.list(join_key(self.prefix, "ckpt-")))
+
+    def drop_after(self, step: int, keep: str | None = None) -> None:
+        """Delete checkpoints newer than ``step`` (a restart from an older state makes them stale)."""
+        for key in self.checkpoints():
+            if key != keep and int(key.rsplit("-", 1)[1].split(".")[0]) > step:
+                self.store.delete(key)
 
     def prune(self, best: str | None) -> None:
         """Keep the newest ``keep`` checkpoints, and the best one."""

@@ -130,3 +130,16 @@ def test_alias_bomb_is_refused_quickly() -> None:
         assert "too many values" in str(exc)
     else:
         raise AssertionError("an alias bomb must be refused")
+
+
+def test_alias_loops_and_deep_nesting_are_spec_errors() -> None:
+    for text, message in [
+        ("name: x\nstages: &x {s: *x}\n", "f.yaml:2:9: stages.s: a YAML alias refers to a value that contains it"),
+        ("name: " + "[" * 3000 + "]" * 3000 + "\n", "f.yaml:1:1: the spec is nested too deeply"),
+    ]:
+        try:
+            parse_spec(text, file="f.yaml")
+        except SpecError as exc:
+            assert message in str(exc)
+        else:
+            raise AssertionError(f"accepted {text[:40]!r}")

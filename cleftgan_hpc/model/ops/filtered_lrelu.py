@@ -14,6 +14,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .bias_act import clamp_for_autograd
 from .upfirdn2d import Padding, upfirdn2d
 
 # Largest intermediate (bytes) one chunk may create; chunks never go below one sample and
@@ -51,7 +52,7 @@ def _filtered_lrelu_whole(
         owned = True
     if clamp is not None and clamp >= 0:
         bound = clamp / gain
-        x = x.clamp_(-bound, bound) if owned and not _grad_needed(x) else x.clamp(-bound, bound)
+        x = x.clamp_(-bound, bound) if owned and not _grad_needed(x) else clamp_for_autograd(x, bound)
     if fd is None and down == 1:
         return x * gain if gain != 1 else x
     return upfirdn2d(x, fd, down=down, gain=gain)

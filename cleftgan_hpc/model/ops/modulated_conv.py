@@ -22,25 +22,9 @@ def modulated_conv2d(
     bias: torch.Tensor | None = None,  # [O] optional bias added after the convolution
 ) -> torch.Tensor:
     """Same result as `reference.ref_modulated_conv2d` (+ bias), modulating activations."""
-    n = x.shape[0]
-    o, i = weight.shape[:2]
     if demodulate:
-        weight = weight * weight.square().mean([1, 2, 3], keepdim=True).rsqrt()
         styles = styles * styles.square().mean().rsqrt()
-    scale = styles if input_gain is None else styles * input_gain.expand(n, i)
-    dcoefs = None
-    if demodulate:
-        # sum_{i,k} (w[o,i,k] s[n,i])^2 = (s^2 @ sum_k w^2 ^T)[n, o]
-        dcoefs = (styles.square() @ weight.square().sum(dim=[2, 3]).t() + 1e-8).rsqrt()  # [N, O]
-    x = x * scale.to(x.dtype).reshape(n, i, 1, 1)
-    x = F.conv2d(x, weight.to(x.dtype), padding=padding)
-    if dcoefs is not None and bias is not None:
-        return torch.addcmul(bias.to(x.dtype).reshape(1, o, 1, 1), x, dcoefs.to(x.dtype).reshape(n, o, 1, 1))
-    if dcoefs is not None:
-        x = x * dcoefs.to(x.dtype).reshape(n, o, 1, 1)
-    if bias is not None:
-        x = x + bias.to(x.dtype).reshape(1, o, 1, 1)
-    return x
+    return _modconv_prenormalised(x, weight, styles, demodulate, padding, input_gain, bias)
 
 
 # Batch chunk size target (bytes of one chunk's convolution output) for the fused layer op.
