@@ -138,15 +138,28 @@ class RunState:
 
 
 def latest_run_id(store: ObjectStore, job_name: str) -> str | None:
-    """The newest run of ``job_name`` in the store: ids made by new_run_id sort by creation
-    time; ids given by hand (and other jobs whose names start the same) are not candidates."""
-    pattern = re.compile(re.escape(job_name) + r"-\d{8}-\d{6}-[0-9a-f]{4}")
-    best = None
+    """The run of ``job_name`` started or resumed last (its spec.yaml is rewritten each time).
+    Runs of other jobs whose names merely start the same are not candidates."""
+    auto = re.compile(re.escape(job_name) + r"-\d{8}-\d{6}-[0-9a-f]{4}")
+    best: tuple[float, str] | None = None
     for info in store.list(f"runs/{job_name}-"):
         parts = info.key.split("/")
-        if len(parts) == 3 and parts[2] == "spec.yaml" and pattern.fullmatch(parts[1]):
-            best = parts[1] if best is None or parts[1] > best else best
-    return best
+        if len(parts) != 3 or parts[2] != "spec.yaml":
+            continue
+        run_id = parts[1]
+        if not auto.fullmatch(run_id) and _job_of(store, info.key) != job_name:
+            continue  # an id given by hand: trust the stored spec's name, not the prefix
+        candidate = (info.last_modified or 0.0, run_id)
+        best = candidate if best is None or candidate > best else best
+    return best[1] if best else None
+
+
+def _job_of(store: ObjectStore, spec_key: str) -> str | None:
+    try:
+        data = yaml.safe_load(store.get_text(spec_key))
+    except (ObjectNotFound, yaml.YAMLError):
+        return None
+    return data.get("name") if isinstance(data, dict) else None
 
 
 def open_run(spec: JobSpec, run_id: str | None, *, create: bool) -> RunState:

@@ -122,11 +122,14 @@ def test_latest_run_is_this_jobs_and_stored_specs_keep_literal_dollars(tmp_path:
     store = LocalStore(tmp_path / "store")
     spec = parse_spec("name: dol\nstages:\n  faces: {kind: demo_data, count: 2}\n", env={}).spec
     other = parse_spec("name: dol-big\nstages:\n  faces: {kind: demo_data, count: 2}\n", env={}).spec
-    mine = new_run_id("dol")
-    RunState(store, mine).save_spec(spec)
-    RunState(store, "dol-big-29991231-235959-ffff").save_spec(other)  # sorts after, another job
-    RunState(store, "dol-by-hand").save_spec(spec)
-    assert latest_run_id(store, "dol") == mine
+    import time
+
+    RunState(store, new_run_id("dol")).save_spec(spec)
+    time.sleep(0.05)
+    RunState(store, "dol-by-hand").save_spec(spec)  # an id given by hand, started last
+    time.sleep(0.05)
+    RunState(store, "dol-big-29991231-235959-ffff").save_spec(other)  # newer still, but another job
+    assert latest_run_id(store, "dol") == "dol-by-hand"
 
     literal = parse_spec("name: lit\nstages:\n  faces:\n    kind: preprocess\n    images: /x/$${HOME}/p\n", env={}).spec
     run = RunState(store, "lit-1")

@@ -9,11 +9,39 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 from cleftgan_hpc.plan import Plan, PlannedStage
 from cleftgan_hpc.runs import RunState, StageStatus, decide
 from cleftgan_hpc.stages.context import EXIT_REQUEUE
+
+
+def _relay(proc: subprocess.Popen[str], label: str) -> None:
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        say(f"  [{label}] {line.rstrip()}")
+
+
+def _wait_all(procs: list[subprocess.Popen[str]], grace: float = 60.0) -> list[int]:
+    """Exit codes of all processes; when one fails the others are stopped (they would wait in a
+    collective for it forever): SIGTERM, then SIGKILL after ``grace`` seconds."""
+    deadline = None
+    while True:
+        codes = [p.poll() for p in procs]
+        if all(c is not None for c in codes):
+            return [c for c in codes if c is not None]
+        if deadline is None and any(c not in (None, 0) for c in codes):
+            for p in procs:
+                if p.poll() is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        p.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + grace
+        if deadline is not None and time.monotonic() > deadline:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+        time.sleep(0.2)
 
 
 def _free_port() -> int:
@@ -88,20 +116,36 @@ class LocalLauncher:
                     MASTER_ADDR="127.0.0.1",
                     MASTER_PORT=str(port),
                 )
-            out = subprocess.PIPE if rank == 0 else subprocess.DEVNULL  # workers log to their scratch files
-            procs.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True, env=env))
+            # Every rank's lines are shown; a new session keeps the terminal's Ctrl-C away from
+            # the stage, which gets SIGTERM from us instead and stops at a safe point.
+            procs.append(
+                subprocess.Popen(
+                    cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True
+                )
+            )
+        readers = [
+            threading.Thread(target=_relay, args=(p, s.name if i == 0 else f"{s.name}.rank{i}"), daemon=True)
+            for i, p in enumerate(procs)
+        ]
+        for t in readers:
+            t.start()
         try:
-            assert procs[0].stdout is not None
-            for line in procs[0].stdout:
-                say(f"  [{s.name}] {line.rstrip()}")
-            codes = [p.wait() for p in procs]
+            codes = _wait_all(procs)
         except KeyboardInterrupt:
             for p in procs:
-                p.send_signal(signal.SIGTERM)  # let the stage checkpoint and record itself
+                with contextlib.suppress(ProcessLookupError):
+                    p.send_signal(signal.SIGTERM)  # let the stage checkpoint and record itself
             codes = [p.wait() for p in procs]
             say(f"! {s.name}: interrupted; run again with --run {run.run_id} to resume")
             raise
+        finally:
+            for t in readers:
+                t.join(timeout=5)
         code = codes[0] if codes[0] != 0 or all(c == 0 for c in codes) else next(c for c in codes if c)
+        if code != 0 and codes[0] == 0:  # rank 0 recorded success but a worker failed
+            status = run.status(s.name)
+            status.state, status.error = "failed", f"a data-parallel worker exited with {code}"
+            run.set_status(s.name, status)
         elapsed = time.monotonic() - t0
         status = run.status(s.name)
         if code == 0 and status.state == "done":
