@@ -21,7 +21,10 @@ def load_network(path: str | os.PathLike[str]) -> Network:
         with open(path, "rb") as f:
             head = f.read(16)
             f.seek(0)
-            net = Network(**read_official_pickle(f)) if head[:1] == b"\x80" else None
+            # safetensors: an 8-byte header length, then the JSON header; checked first because
+            # that length's low byte can be 0x80, the pickle protocol opcode
+            is_safetensors = len(head) >= 9 and head[8:9] == b"{"
+            net = None if is_safetensors or head[:1] != b"\x80" else Network(**read_official_pickle(f))
     except OSError as e:
         raise NetworkFormatError(f"cannot open network file {path}: {e.strerror or e}") from e
     if net is None:
