@@ -43,8 +43,11 @@ wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
 emit_env() { (( print_env )) && echo "export SLURM_CONF=$CONF" || true; }
 
 # -- already up? -------------------------------------------------------------------------------
+# Every daemon, accounting included (sacct needs mariadbd behind slurmdbd): a partly dead
+# cluster falls through and each missing daemon is started again below.
 if alive "$STATE/run/slurmctld.pid" && alive "$STATE/run/slurmd.pid" && alive "$STATE/run/slurmdbd.pid" \
-   && scontrol ping 2>/dev/null | grep -q UP; then
+   && alive "$STATE/mysql/mysqld.pid" && scontrol ping 2>/dev/null | grep -q UP \
+   && sacct -n -X -S now >/dev/null 2>&1; then
   log "already up (SLURM_CONF=$CONF)"
   emit_env
   exit 0
