@@ -55,6 +55,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise CleftGanError(f"--force names unknown stage(s) {unknown}; stages are: {', '.join(spec.stages)}")
     run = _open_run(spec, args.run, create=True)
     resumed = run.exists()
+    if resumed:
+        _refuse_foreign_or_busy(spec, run)
     run.save_spec(spec)
     plan = make_plan(spec, run.run_id)
     print(
@@ -75,6 +77,28 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"cleftgan-hpc run {args.spec} --run {run.run_id}"
     )
     return 1
+
+
+def _refuse_foreign_or_busy(spec, run) -> None:
+    import os
+    import socket
+
+    stored = run.load_spec()
+    if stored.name != spec.name:
+        raise CleftGanError(
+            f"run {run.run_id!r} belongs to job {stored.name!r}, not {spec.name!r}; choose another --run"
+        )
+    for name in stored.stages:
+        st = run.status(name)
+        if st.state == "running" and st.host == socket.gethostname() and st.pid:
+            try:
+                os.kill(st.pid, 0)
+            except ProcessLookupError:
+                continue  # died without recording it: resuming is right
+            raise CleftGanError(
+                f"stage {name!r} of run {run.run_id} is running now (pid {st.pid}); "
+                "wait for it or stop it before running the job again"
+            )
 
 
 def format_status(plan, run, extra: dict[str, str] | None = None) -> str:

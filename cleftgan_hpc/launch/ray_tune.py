@@ -49,9 +49,17 @@ def trial_config(sweep: SweepStage, sampled: dict[str, Any], seed_offset: int) -
         feature_extractor=sweep.feature_extractor,
         kimg=sweep.kimg_per_trial,
         metrics=[sweep.metric] + [m for m in fields.get("metrics", []) if m != sweep.metric],
-        seed=sweep.seed + seed_offset,
+        seed=(sweep.seed + seed_offset) % 2**31,
     )
+    if "snapshot_kimg" not in sweep.base.model_fields_set:  # four reports per trial unless told
+        fields["snapshot_kimg"] = sweep.kimg_per_trial / 4
     return FinetuneStage.model_validate(fields)
+
+
+def trial_index(trial_id: str) -> int:
+    """Tune's trial ids end in the trial's number ("466a5_00003" -> 3)."""
+    tail = trial_id.rsplit("_", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
 
 
 def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
@@ -61,24 +69,30 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
 
     from cleftgan_hpc.stages import finetune
     from cleftgan_hpc.storage import open_store
-    from cleftgan_hpc.training.loop import derive_seed
 
     torch.set_num_threads(max(1, int(setup.sweep.trial_resources.cpus)))  # trials share the node's cores
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID"):
         os.environ.pop(var, None)  # a trial is one process, whatever the job around Ray looks like
     trial_id = tune.get_context().get_trial_id()
-    cfg = trial_config(setup.sweep, config, derive_seed("trial", trial_id) % 10_000)
+    cfg = trial_config(setup.sweep, config, trial_index(trial_id))
     name = f"{setup.sweep_stage}/trials/{trial_id}"
+    scratch = Path(setup.scratch) / "trials" / trial_id
+    scratch.mkdir(parents=True, exist_ok=True)
     log = logging.getLogger(f"cleftgan_hpc.trial.{trial_id}")
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    log.handlers.clear()
+    handler = logging.FileHandler(scratch / "log.txt")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    log.addHandler(handler)
     ctx = StageContext(
         store=open_store(setup.store),
         run_id=setup.run_id,
         stage=name,
-        scratch=Path(setup.scratch) / "trials" / trial_id,
+        scratch=scratch,
         log=log,
         device=setup.device,
     )
-    ctx.scratch.mkdir(parents=True, exist_ok=True)
     start_from = None
     restored = tune.get_checkpoint()
     if restored is not None:  # a restored trial, or a PBT clone of another trial
@@ -90,9 +104,26 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
             (Path(d) / "pointer.json").write_text(json.dumps({"key": snapshot["checkpoint"]}))
             metrics = {k: v for k, v in snapshot.items() if k != "checkpoint"}
             metrics["checkpoint_key"] = snapshot["checkpoint"]
+            metrics["trial_id"] = trial_id  # names the trial's prefix in the store: trials/<trial_id>/
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
-    finetune.run(cfg, ctx, on_snapshot=report, start_from=start_from)
+    try:
+        finetune.run(cfg, ctx, on_snapshot=report, start_from=start_from)
+    except Exception:
+        log.exception("trial failed")
+        raise
+    finally:
+        handler.flush()
+        ctx.store.put_file(ctx.key("log.txt"), scratch / "log.txt")
+
+
+def _gpu_count() -> int:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([g for g in visible.split(",") if g])
+    import torch
+
+    return torch.cuda.device_count()
 
 
 def _domain(tune: Any, d: Domain) -> Any:
@@ -123,7 +154,8 @@ def run_sweep(cfg: SweepStage, ctx: StageContext) -> dict[str, Any]:
 
     if ctx.store_config is None:
         raise CleftGanError("a sweep needs the store's config to hand to its trials")
-    setup = TrialSetup(ctx.store_config, ctx.run_id, ctx.stage, cfg, str(ctx.scratch), ctx.device)
+    trial_device = ctx.device if cfg.trial_resources.gpus > 0 else "cpu"
+    setup = TrialSetup(ctx.store_config, ctx.run_id, ctx.stage, cfg, str(ctx.scratch), trial_device)
     # Ray's sockets must fit in a unix path (~107 bytes): a short directory under our scratch root.
     tmp = Path(os.environ.get("CLEFTGAN_SCRATCH") or tempfile.gettempdir()) / (
         "ray-" + hashlib.sha256(f"{ctx.run_id}/{ctx.stage}".encode()).hexdigest()[:8]
@@ -163,7 +195,7 @@ def run_sweep(cfg: SweepStage, ctx: StageContext) -> dict[str, Any]:
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True, configure_logging=False)
     else:  # a private instance sized to this stage, its files under our scratch, gone afterwards
         cpus = max(int(cfg.trial_resources.cpus), ctx.cpus)
-        gpus = len([g for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g])
+        gpus = _gpu_count() if ctx.device == "cuda" else 0
         ray.init(num_cpus=cpus, num_gpus=gpus if ctx.device == "cuda" else 0, include_dashboard=False,
                  _temp_dir=str(tmp), log_to_driver=True, configure_logging=False)
     try:
@@ -203,7 +235,8 @@ def run_sweep(cfg: SweepStage, ctx: StageContext) -> dict[str, Any]:
             history = result.metrics_dataframe.to_dict("records") if result.metrics_dataframe is not None else []
             trials.append(
                 {
-                    "trial": result.path.rsplit("/", 1)[-1] if result.path else None,
+                    "trial": (result.metrics or {}).get("trial_id")  # its store prefix: trials/<trial>/
+                    or (result.path.rsplit("/", 1)[-1] if result.path else None),
                     "config": {k: v for k, v in (result.config or {}).items() if k in FinetuneSettings.model_fields},
                     "status": "error"
                     if result.error

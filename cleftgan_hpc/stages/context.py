@@ -7,6 +7,7 @@ context; stages never know whether they run in a local process, a Slurm job or a
 from __future__ import annotations
 
 import logging
+import shutil
 import signal
 import threading
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from cleftgan_hpc.errors import CleftGanError
 from cleftgan_hpc.progress import Progress
-from cleftgan_hpc.spec.models import StoreConfig, stage_ref
+from cleftgan_hpc.spec.models import StoreConfig
 from cleftgan_hpc.storage.base import ObjectStore, join_key
 
 EXIT_REQUEUE = 75  # EX_TEMPFAIL: stopped on request with a checkpoint written; run me again
@@ -40,11 +41,8 @@ class StageContext:
     log: logging.Logger
     device: str = "cpu"
     cpus: int = 1
-    rank: int = 0
-    world_size: int = 1
     store_config: StoreConfig | None = None  # how to open the store again (for trials and subprocesses)
     task: int | None = None  # array task index (one part of a split stage); None: the whole stage / its commit
-    outputs_of: dict[str, dict[str, str]] = field(default_factory=dict)  # stage -> output -> store key
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
 
     @property
@@ -75,34 +73,29 @@ class StageContext:
 
     # -- inputs ------------------------------------------------------------------------
     def fetch(self, ref: str) -> Path:
-        """A local path for an input: a path as is; ``store:KEY`` or ``stage:NAME[.OUTPUT]``
-        downloaded into scratch (a file, or every object under a prefix for a directory)."""
-        sref = stage_ref(ref)
-        if sref is not None:
-            name, output = sref
-            outs = self.outputs_of.get(name)
-            if outs is None:
-                raise CleftGanError(f"stage {self.stage!r} reads {ref!r} but stage {name!r} has no recorded outputs")
-            if output is None:
-                output = next(iter(outs))
-            if output not in outs:
-                raise CleftGanError(f"stage {name!r} has no output {output!r}; it has {sorted(outs)}")
-            key = outs[output]
-        elif ref.startswith("store:"):
-            key = ref[len("store:") :]
-        else:
+        """A local path for an input: a path as is; ``store:KEY`` downloaded into scratch (a file,
+        or every object under the prefix for a directory). The executor has already turned
+        ``stage:NAME`` inputs into the store keys those stages recorded. A cached download is
+        reused only while its sha256 matches the object's (an upstream stage may have re-run)."""
+        if not ref.startswith("store:"):
+            if ref.startswith("stage:"):
+                raise CleftGanError(f"stage {self.stage!r}: input {ref!r} was not resolved to a store key")
             return Path(ref)
+        key = ref[len("store:"):]
         dest = self.scratch / "inputs" / key
-        if self.store.exists(key):
-            if not dest.exists():
+        info = self.store.head(key)
+        if info is not None:
+            stamp = dest.with_name(dest.name + ".sha256")
+            if not (dest.is_file() and stamp.is_file() and stamp.read_text() == (info.sha256 or "")):
                 self.store.get_file(key, dest)
+                stamp.write_text(info.sha256 or "")
             return dest
-        found = False
-        for info in self.store.list(key.rstrip("/") + "/"):
-            found = True
-            target = dest / info.key[len(key.rstrip("/")) + 1 :]
-            if not target.exists():
-                self.store.get_file(info.key, target)
-        if not found:
+        prefix = key.rstrip("/") + "/"
+        objects = list(self.store.list(prefix))
+        if not objects:
             raise CleftGanError(f"input {ref!r}: nothing at {self.store.uri(key)}")
+        if dest.exists():  # a directory input is fetched whole each time: no stale or extra files
+            shutil.rmtree(dest)
+        for obj in objects:
+            self.store.get_file(obj.key, dest / obj.key[len(prefix):])
         return dest

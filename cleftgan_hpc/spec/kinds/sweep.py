@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from cleftgan_hpc.spec.kinds.finetune import ExtractorInput, FinetuneSettings, NetworkInput
 from cleftgan_hpc.spec.models import Input, StageBase, Strict
@@ -41,6 +41,21 @@ class TrialResources(Strict):
 
     cpus: float = Field(1, gt=0, le=1024, description="CPU cores per trial.")
     gpus: float = Field(0, ge=0, le=64, description="GPUs per trial (fractions share a GPU).")
+
+
+UNSEARCHABLE = {
+    "random_network": "search scalar settings such as ada_target",
+    "metrics": "the sweep's metric decides",
+    "augment": "search augment_p or ada_target instead",
+    "kimg": "kimg_per_trial sets every trial's length",
+    "seed": "the sweep's seed numbers the trials",
+    "metric_samples": "trials would not be comparable",
+    "grid_seeds": "it changes nothing learnt",
+    "snapshot_kimg": "trials report at the same kimg",
+    "keep_checkpoints": "it changes nothing learnt",
+    "gpus": "trial_resources sets it",
+    "processes": "a trial is one process",
+}
 
 
 class SweepStage(StageBase):
@@ -92,11 +107,30 @@ class SweepStage(StageBase):
                 close = difflib.get_close_matches(name, sorted(known), n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
                 raise ValueError(f"space: {name!r} is not a fine-tune setting{hint}")
-            if name in ("random_network", "metrics", "augment"):
-                raise ValueError(f"space: {name!r} cannot be searched; search scalar settings such as ada_target")
+            if name in UNSEARCHABLE:
+                raise ValueError(f"space: {name!r} cannot be searched ({UNSEARCHABLE[name]})")
         if not v:
             raise ValueError("space is empty: name at least one setting to vary, e.g. ada_target")
         return v
+
+    @model_validator(mode="after")
+    def _values_fit_the_settings(self) -> SweepStage:
+        base = self.base.model_dump()
+        for name, d in self.space.items():
+            if (d.uniform or d.loguniform) is not None and FinetuneSettings.model_fields[name].annotation not in (
+                float, float | None, "float", "float | None"
+            ):
+                raise ValueError(f"space.{name}: uniform/loguniform draw floats; use choice or grid for this setting")
+            values = d.grid or d.choice or list(d.uniform or d.loguniform or ())
+            for value in values:
+                try:
+                    FinetuneSettings.model_validate({**base, name: value})
+                except ValidationError as exc:
+                    why = exc.errors()[0]["msg"].removeprefix("Value error, ")
+                    raise ValueError(f"space.{name}: {value!r} does not fit: {why}") from None
+        if self.search == "optuna" and any(d.grid is not None for d in self.space.values()):
+            raise ValueError("search: optuna samples values; use choice/uniform/loguniform rather than grid")
+        return self
 
     @model_validator(mode="after")
     def _schedule(self) -> SweepStage:
@@ -104,6 +138,6 @@ class SweepStage(StageBase):
             raise ValueError("pbt mutates settings; use choice/uniform/loguniform rather than grid")
         if self.scheduler == "asha" and self.grace_period_kimg > self.kimg_per_trial:
             raise ValueError("grace_period_kimg is longer than kimg_per_trial: nothing could be stopped early")
-        if self.base.snapshot_kimg > self.kimg_per_trial:
+        if "snapshot_kimg" in self.base.model_fields_set and self.base.snapshot_kimg > self.kimg_per_trial:
             raise ValueError("base.snapshot_kimg exceeds kimg_per_trial: trials would report no metric")
         return self
