@@ -57,13 +57,18 @@ def execute_stage(store_cfg: StoreConfig, run_id: str, stage: str, task: int | N
 
     store = open_store(store_cfg)
     run = RunState(store, run_id)
-    planned = make_plan(run.load_spec(), run_id).stage(stage)
+    plan = make_plan(run.load_spec(), run_id)
+    try:
+        planned = plan.stage(stage)
+    except KeyError:
+        raise CleftGanError(f"run {run_id} has no stage {stage!r}; it has {[s.name for s in plan.stages]}") from None
     name = stage if task is None else f"{stage}.{task}"
     name += f".rank{env_rank()}" if env_rank() else ""
     scratch = scratch_root() / run_id / name
     scratch.mkdir(parents=True, exist_ok=True)
     log_file = scratch / "log.txt"
     log = _logger(name, log_file)
+    wants_gpu = bool(planned.resources.gpus or getattr(planned.config, "gpus", 0))
     ctx = StageContext(
         store=store,
         run_id=run_id,
@@ -72,7 +77,7 @@ def execute_stage(store_cfg: StoreConfig, run_id: str, stage: str, task: int | N
         log=log,
         store_config=store_cfg,
         task=task,
-        device="cuda" if planned.resources.gpus and _cuda_available() else "cpu",
+        device="cuda" if wants_gpu and _cuda_available() else "cpu",
         cpus=_cpus(planned.resources.cpus_per_task),
     )
     ctx.install_signal_handlers()

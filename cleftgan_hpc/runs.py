@@ -109,10 +109,16 @@ class RunState:
 
     # -- status and results ----------------------------------------------------------------
     def status(self, stage: str) -> StageStatus:
+        key = self.key(stage, "status.json")
         try:
-            return StageStatus.from_json(self.store.get_json(self.key(stage, "status.json")))
+            data = self.store.get_json(key)
         except ObjectNotFound:
             return StageStatus()
+        except ValueError as exc:  # not JSON
+            raise CleftGanError(f"{self.store.uri(key)} is not a status record ({exc}); delete it to reset") from None
+        if not isinstance(data, dict):
+            raise CleftGanError(f"{self.store.uri(key)} is not a status record (not a JSON object); delete it to reset")
+        return StageStatus.from_json(data)
 
     def set_status(self, stage: str, status: StageStatus) -> None:
         status.updated = time.time()
@@ -128,10 +134,16 @@ class RunState:
         return len(doomed)
 
     def result(self, stage: str) -> dict[str, str] | None:
+        key = self.key(stage, "result.json")
         try:
-            return self.store.get_json(self.key(stage, "result.json"))["outputs"]
+            data = self.store.get_json(key)
         except ObjectNotFound:
             return None
+        except ValueError as exc:
+            raise CleftGanError(f"{self.store.uri(key)} is not a stage result ({exc})") from None
+        if not isinstance(data, dict) or not isinstance(data.get("outputs"), dict):
+            raise CleftGanError(f"{self.store.uri(key)} is not a stage result (no outputs mapping)")
+        return data["outputs"]
 
     def set_result(self, stage: str, outputs: dict[str, str]) -> None:
         self.store.put_json(self.key(stage, "result.json"), {"outputs": outputs})

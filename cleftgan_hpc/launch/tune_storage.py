@@ -39,9 +39,11 @@ class _UploadOnClose(io.RawIOBase):
 
     def close(self) -> None:
         if not self.closed:
-            self.buf.seek(0)
-            self.store.put_stream(self.key, self.buf)
-            self.buf.close()
+            try:
+                self.buf.seek(0)
+                self.store.put_stream(self.key, self.buf)
+            finally:
+                self.buf.close()
         super().close()
 
 
@@ -117,6 +119,8 @@ class StoreFileSystemHandler(fs.FileSystemHandler):
         """Directories exist by having objects under them: nothing to make."""
 
     def delete_dir(self, path: str) -> None:
+        if not _key(path):
+            raise ValueError("refusing to delete the whole store")
         self.store.delete_prefix(_key(path) + "/")
 
     def delete_dir_contents(self, path: str, missing_dir_ok: bool = False) -> None:

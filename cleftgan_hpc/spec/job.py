@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from cleftgan_hpc.spec.models import NAME_RE, Resources, SlurmConfig, StoreConfig, Strict
 from cleftgan_hpc.spec.stages import AnyStage
@@ -47,6 +47,20 @@ class JobSpec(Strict):
         if not v:
             raise ValueError("a job needs at least one stage")
         return v
+
+    @model_validator(mode="after")
+    def _gpus_agree(self) -> JobSpec:
+        for name, stage in self.stages.items():
+            gpus = getattr(stage, "gpus", 0)
+            if not gpus:
+                continue
+            r = self.resources_of(name)
+            if r.gpus * r.nodes != gpus:
+                raise ValueError(
+                    f"stage {name!r} trains on gpus: {gpus} but its resources give {r.gpus} GPU(s) x {r.nodes} "
+                    f"node(s); set resources.gpus (per node) so that they agree"
+                )
+        return self
 
     def resources_of(self, stage: str) -> Resources:
         """The job's resources with the fields the stage sets itself replaced (field by field,

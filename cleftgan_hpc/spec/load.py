@@ -339,6 +339,9 @@ def _problem_from_pydantic(err: dict[str, Any], data: dict[str, Any], pos: Posit
     return SpecProblem(file, line, col, dotted(loc), msg)
 
 
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "tuple", "none", "json-or-python"}
+
+
 def _data_loc(loc: Loc, data: Any) -> Loc:
     """Drop the parts pydantic adds that are not in the file (union tags, validator names)."""
     out: list[str | int] = []
@@ -353,8 +356,8 @@ def _data_loc(loc: Loc, data: Any) -> Loc:
         ):
             out.append(part)
             node = node[part]
-        elif isinstance(node, dict) and isinstance(part, str) and (part in KINDS or "[" in part):
-            continue  # the discriminator tag or a 'function-after[...]' wrapper
+        elif isinstance(part, str) and (part in KINDS or "[" in part or part in _TYPE_TAGS):
+            continue  # a union member's tag ('literal[...]', 'str', a stage kind) or a validator's name
         else:
             out.append(part)
             node = None

@@ -167,7 +167,7 @@ class Resources(Strict):
     @field_validator("time")
     @classmethod
     def _time(cls, v: str) -> str:
-        if not re.fullmatch(r"(\d+-)?\d{1,2}:\d{2}:\d{2}", v):
+        if not re.fullmatch(r"(\d+-)?\d{1,2}:[0-5]\d:[0-5]\d", v):
             raise ValueError(f"bad time {v!r}: expected [D-]HH:MM:SS, e.g. 04:00:00 or 2-00:00:00")
         return v
 

@@ -24,17 +24,13 @@ from cleftgan_hpc.spec.stages import FinetuneStage
 from cleftgan_hpc.training import distributed
 from cleftgan_hpc.training.ada import AdaConfig, AdaController
 from cleftgan_hpc.training.loss import Loss
-from cleftgan_hpc.training.state import CheckpointStore, Progress, progress_from_dict, progress_to_dict
+from cleftgan_hpc.training.state import CheckpointStore, TrainProgress, progress_from_dict, progress_to_dict
 
 D_REG_INTERVAL = 16  # lazy R1 every 16 D steps (StyleGAN3 has no G regulariser: G's Adam is unscaled)
 
 
 class TrainingDiverged(CleftGanError):
     """A loss became NaN or Inf; the last good checkpoint is intact."""
-
-
-class StopTraining(Exception):  # noqa: N818 - control flow, not an error
-    """The stage was asked to stop; the checkpoint is written."""
 
 
 def derive_seed(*parts: int | str) -> int:
@@ -140,7 +136,7 @@ class Trainer:
         self.opt_G = adam(self.g_params, cfg.glr, None)
         self.opt_D = adam(self.d_params, cfg.dlr, D_REG_INTERVAL)
         self.loss = Loss(self.nets.G, self.nets.D, self.augment, cfg.gamma)
-        self.progress = Progress(ada_p=cfg.augment_p or 0.0)
+        self.progress = TrainProgress(ada_p=cfg.augment_p or 0.0)
         self.ada = (  # p from D's over-confidence on reals, unless p is fixed or nothing augments
             AdaController(AdaConfig(cfg.ada_target, cfg.ada_interval, cfg.ada_kimg), cfg.batch)
             if cfg.augment_p is None and self.augment is not None else None
@@ -338,4 +334,4 @@ def copy_networks(G: torch.nn.Module, D: torch.nn.Module, G_ema: torch.nn.Module
     return Networks(G.train().requires_grad_(True), D.train().requires_grad_(True), G_ema)
 
 
-__all__ = ["CheckpointStore", "Networks", "TrainData", "Trainer", "Ticker", "TrainingDiverged", "StopTraining"]
+__all__ = ["CheckpointStore", "Networks", "TrainData", "Trainer", "Ticker", "TrainingDiverged"]

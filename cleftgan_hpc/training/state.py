@@ -24,7 +24,7 @@ from cleftgan_hpc.storage.base import ObjectStore, join_key, sha256_file
 
 
 @dataclass
-class Progress:
+class TrainProgress:
     """Counters and history that travel with the networks."""
 
     step: int = 0  # batches done
@@ -103,12 +103,12 @@ class CheckpointStore:
                 self.store.delete(key)
 
 
-def progress_to_dict(p: Progress) -> dict[str, Any]:
-    return {k: getattr(p, k) for k in Progress.__dataclass_fields__}
+def progress_to_dict(p: TrainProgress) -> dict[str, Any]:
+    return {k: getattr(p, k) for k in TrainProgress.__dataclass_fields__}
 
 
-def progress_from_dict(d: dict[str, Any]) -> Progress:
-    return Progress(**{k: v for k, v in d.items() if k in Progress.__dataclass_fields__})
+def progress_from_dict(d: dict[str, Any]) -> TrainProgress:
+    return TrainProgress(**{k: v for k, v in d.items() if k in TrainProgress.__dataclass_fields__})
 
 
 def stats_jsonl(stats: list[dict[str, float]]) -> str:

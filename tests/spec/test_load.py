@@ -204,3 +204,27 @@ def test_empty_and_non_mapping_specs() -> None:
         parse_spec("- 1\n- 2\n", file="x.yaml")
     with pytest.raises(SpecError, match="no such file"):
         load_spec("/nonexistent/spec.yaml")
+
+
+def test_finetune_gpus_must_match_its_resources(tmp_path: Path) -> None:
+    text = """
+name: g
+stages:
+  train:
+    kind: finetune
+    network: random
+    dataset: /data/x.zip
+    gpus: 2
+"""
+    out = problems(tmp_path, text)
+    assert "stage 'train' trains on gpus: 2 but its resources give 0 GPU(s) x 1 node(s)" in out[0]
+    ok = text + "    resources: {gpus: 2}\n"
+    assert load_spec(write(tmp_path, ok), env={}).spec.stages["train"].gpus == 2
+
+
+def test_union_errors_name_the_field_not_pydantic_tags(tmp_path: Path) -> None:
+    out = problems(tmp_path, GOOD.replace("name: demo", "name: demo\nresources: {time: '99:99:99'}"))
+    assert "resources.time: bad time '99:99:99'" in out[0]
+    text = "name: a\nstages:\n  t:\n    kind: finetune\n    network: random\n    dataset: /x.zip\n    augment: bgcx\n"
+    for line in problems(tmp_path, text):
+        assert ": stages.t.augment: " in line and "literal" not in line

@@ -150,16 +150,6 @@ class FinetuneStage(StageBase, FinetuneSettings):
     task_per_gpu: ClassVar[bool] = True  # Slurm: one task per GPU, each a data-parallel rank
 
     @model_validator(mode="after")
-    def _processes_match_resources(self) -> FinetuneStage:
-        r = self.resources
-        if r is not None and r.gpus and self.gpus and self.gpus != r.gpus * getattr(r, "nodes", 1):
-            raise ValueError(
-                f"gpus is {self.gpus} but resources give {r.gpus} GPU(s) x {getattr(r, 'nodes', 1)} node(s); "
-                "make them agree (one training process per GPU)"
-            )
-        return self
-
-    @model_validator(mode="after")
     def _metrics_need_extractor(self) -> FinetuneStage:
         if self.metrics and self.feature_extractor is None:
             raise ValueError("metrics need feature_extractor: the Inception TorchScript file, or 'demo'")
