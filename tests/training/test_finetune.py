@@ -155,3 +155,51 @@ def test_metrics_at_snapshots_and_hook(tiny_dataset: Path, tmp_path: Path, make_
     ctx2.log.info = logs.append  # type: ignore[method-assign]
     finetune.run(cfg.model_copy(update={"kimg": 0.008}), ctx2)
     assert any("from the cache" in line for line in logs)
+
+
+FIXTURE = Path(__file__).resolve().parents[2].parent / "shared/fixtures/stylegan3/sg3t_64/network.pkl"
+
+
+@pytest.mark.skipif(not FIXTURE.exists(), reason=f"the parity fixture is not at {FIXTURE}")
+def test_fixture_network_on_demo_data_survives_sigkill(tmp_path: Path) -> None:
+    """The official-format network, fine-tuned on demo faces with ADA, killed hard mid-run, resumed."""
+    import json
+    import signal
+
+    spec = tmp_path / "job.yaml"
+    spec.write_text(f"""
+name: fx
+stages:
+  faces: {{kind: demo_data, count: 12, size: 128}}
+  dataset: {{kind: preprocess, images: stage:faces.images, landmarks: stage:faces.landmarks, resolution: 64}}
+  train:
+    kind: finetune
+    network: {FIXTURE}
+    dataset: stage:dataset
+    batch: 4
+    kimg: 0.032
+    snapshot_kimg: 0.008
+    ada_interval: 1
+    ada_kimg: 0.05
+""")
+    cmd = [sys.executable, "-m", "cleftgan_hpc.cli", "run", str(spec), "--run", "fx-1"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if "checkpoint step 4 " in line:  # the second snapshot: kill between it and the next
+            break
+    pid = json.loads((tmp_path / "store/runs/fx-1/stages/train/status.json").read_text())["pid"]
+    os.kill(pid, signal.SIGKILL)
+    proc.communicate(timeout=120)
+    again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "resumed from step" in again.stdout
+    from cleftgan_hpc.model import load_network
+
+    tuned = load_network(tmp_path / "store/runs/fx-1/stages/train/network.safetensors")
+    original = load_network(FIXTURE)
+    assert tuned.G_ema.img_resolution == 64 and tuned.augment_p is not None
+    moved = (tuned.G.mapping.fc0.weight - original.G.mapping.fc0.weight).abs().max().item()
+    assert moved > 0, "fine-tuning changed the pretrained weights"
+    grids = list((tmp_path / "store/runs/fx-1/stages/train/samples").glob("grid-*.png"))
+    assert len(grids) == 4
