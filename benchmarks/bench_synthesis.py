@@ -4,11 +4,14 @@
 2. end-to-end images/s of the synthesis pipeline into a file:// store and into a real S3 server
    (SeaweedFS started here), as a fraction of 1;
 3. shard upload MB/s of our concurrent create-only uploads against a plain single-threaded
-   boto3 put_object loop over the same files;
+   boto3 put_object loop over the same files, straight to the S3 server and again through
+   latency_proxy.py, a TCP forwarder that adds a fixed round-trip time (--proxy-rtt-ms, 20 by
+   default) to emulate the per-request latency of a remote object store;
 4. peak RSS of the pipeline process for 2,000 and 20,000 images (memory must stay flat).
 
     python benchmarks/bench_synthesis.py                  # a random 64x64 StyleGAN3 network
     python benchmarks/bench_synthesis.py --network FILE --device cuda --images 5000
+    python benchmarks/bench_synthesis.py --proxy-rtt-ms 0     # item 3 without the proxy
 
 Item 4 runs the pipeline in child processes with a stand-in generator (a fixed random linear map
 from z to a noise image, 64x64) so that 20,000 images take seconds, not an hour of CPU
@@ -29,10 +32,12 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import urlsplit
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # latency_proxy
 
 # torch and the package are imported inside functions: the encoding workers are spawned and
 # re-import this file, and should not pay for torch
@@ -120,6 +125,21 @@ def bench_upload(endpoint: str, bucket: str, files: list[Path], tag: str) -> tup
     return ours, plain
 
 
+def request_latency_ms(endpoint: str, bucket: str, n: int = 7) -> float:
+    """Median time of a small request (HEAD bucket) on a kept-alive connection, in ms."""
+    import boto3
+    from botocore.config import Config
+
+    client = boto3.client("s3", endpoint_url=endpoint, config=Config(s3={"addressing_style": "path"}))
+    client.head_bucket(Bucket=bucket)  # connect
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        client.head_bucket(Bucket=bucket)
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[n // 2] * 1e3
+
+
 def stand_in_generator(z_dim: int = 32, res: int = 64) -> object:
     """A generator-shaped stand-in: z -> a 64x64 noise-like image through a fixed random matrix."""
     import torch
@@ -200,6 +220,45 @@ def bench_rss(images: int, workdir: Path) -> dict[str, float]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def report_upload(results: dict[str, object], how: str, rounds: list[tuple[float, float]]) -> None:
+    ours, plain = max(x[0] for x in rounds), max(x[1] for x in rounds)
+    key = "upload" if how == "direct" else "upload_via_proxy"
+    results.update({f"{key}_ours_mb_s": round(ours, 1), f"{key}_plain_boto3_mb_s": round(plain, 1)})
+    print(f"upload, {how}: ours {ours:.1f} MB/s, plain boto3 loop {plain:.1f} MB/s ({ours / plain:.2f}x)", flush=True)
+
+
+def run_upload_with_proxy(a: argparse.Namespace, endpoint: str, files: list[Path], results: dict[str, object]) -> None:
+    """Item 3 straight to the server and through the latency proxy, alternating, best of --repeat rounds."""
+    from latency_proxy import LatencyProxy
+
+    target = urlsplit(endpoint)
+    assert target.hostname is not None and target.port is not None
+    with LatencyProxy(target.hostname, target.port, a.proxy_rtt_ms / 1e3) as proxy:
+        direct_ms, proxied_ms = request_latency_ms(endpoint, "bench"), request_latency_ms(proxy.url, "bench")
+        print(
+            f"latency proxy: RTT {a.proxy_rtt_ms:g} ms; a small request takes {proxied_ms:.1f} ms through it, "
+            f"{direct_ms:.1f} ms direct",
+            flush=True,
+        )
+        direct, proxied = [], []
+        for r in range(a.repeat):
+            direct.append(bench_upload(endpoint, "bench", files, str(r)))
+            proxied.append(bench_upload(proxy.url, "bench", files, f"rtt{r}"))
+            print(
+                f"upload round {r}: direct ours {direct[-1][0]:.1f} / plain {direct[-1][1]:.1f} MB/s; "
+                f"via proxy ours {proxied[-1][0]:.1f} / plain {proxied[-1][1]:.1f} MB/s",
+                flush=True,
+            )
+    results.update(
+        proxy_rtt_ms=a.proxy_rtt_ms,
+        proxy_small_request_ms=round(proxied_ms, 1),
+        direct_small_request_ms=round(direct_ms, 1),
+        proxy_connections=proxy.connections,
+    )
+    report_upload(results, "direct", direct)
+    report_upload(results, f"through the latency proxy (RTT {a.proxy_rtt_ms:g} ms)", proxied)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--network", default=None, help="network file (default: a random 64x64 StyleGAN3-T)")
@@ -210,6 +269,12 @@ def main() -> None:
     p.add_argument("--cpus", type=int, default=len(os.sched_getaffinity(0)))
     p.add_argument("--upload-files", type=int, default=24, help="files for item 3 (default 24 x 8 MiB)")
     p.add_argument("--upload-mib", type=int, default=8)
+    p.add_argument(
+        "--proxy-rtt-ms",
+        type=float,
+        default=20.0,
+        help="item 3 again through a TCP proxy adding this round-trip time (default 20; 0: skip)",
+    )
     p.add_argument("--rss-counts", default="2000,20000")
     p.add_argument("--rss-child", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--workdir", default=None, help=argparse.SUPPRESS)
@@ -284,10 +349,13 @@ def main() -> None:
                 f = tmp / f"up{i}.tar"
                 f.write_bytes(os.urandom(a.upload_mib << 20))
                 files.append(f)
-            rounds = [bench_upload(server.endpoint_url, "bench", files, str(r)) for r in range(a.repeat)]
-            ours, plain = max(x[0] for x in rounds), max(x[1] for x in rounds)
-            results.update(upload_ours_mb_s=round(ours, 1), upload_plain_boto3_mb_s=round(plain, 1))
-            print(f"upload: ours {ours:.1f} MB/s, plain boto3 loop {plain:.1f} MB/s ({ours / plain:.2f}x)", flush=True)
+            upload_mb = sum(f.stat().st_size for f in files) / 1e6
+            print(f"upload: {len(files)} files, {upload_mb:.0f} MB; ours = 8 concurrent create-only puts", flush=True)
+            if a.proxy_rtt_ms > 0:
+                run_upload_with_proxy(a, server.endpoint_url, files, results)
+            else:
+                rounds = [bench_upload(server.endpoint_url, "bench", files, str(r)) for r in range(a.repeat)]
+                report_upload(results, "direct", rounds)
         finally:
             server.stop()
 
