@@ -108,3 +108,26 @@ def test_killed_sweep_resumes_from_tune_state(tiny_dataset: Path, tmp_path: Path
     assert "resuming the sweep from" in again.stdout
     results = json.loads((tmp_path / "store/runs/sw-2/stages/tune/results.json").read_text())
     assert len(results["trials"]) == 4
+
+
+@pytest.mark.slow
+def test_pbt_clones_restore_from_other_trials_checkpoints(tiny_dataset: Path, tmp_path: Path) -> None:
+    spec = write_spec(tmp_path, tiny_dataset, 0.032)
+    text = spec.read_text().replace("    num_samples: 4\n", "    num_samples: 2\n    scheduler: pbt\n    perturbation_kimg: 0.008\n")
+    text = text.replace("      ada_target: {choice: [0.5, 0.7]}\n", "      ada_target: {uniform: [0.4, 0.8]}\n")
+    text = text.replace("    grace_period_kimg: 0.008\n", "")
+    spec.write_text(text)
+    out = cli(spec, "--run", "pbt-1")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    results = json.loads((tmp_path / "store/runs/pbt-1/stages/tune/results.json").read_text())
+    assert len(results["trials"]) == 2
+    assert all(t["status"] == "finished" for t in results["trials"])  # PBT stops nothing
+    import re
+
+    cloned = []
+    for log in (tmp_path / "store/runs/pbt-1/stages/tune/trials").glob("*/log.txt"):
+        own = log.parent.name
+        cloned += [src for src in re.findall(r"resumed from step \d+ .*?\(runs/.*?/trials/([^/]+)/", log.read_text())
+                   if src != own]
+    assert cloned, "no trial started from another trial's checkpoint (PBT exploit)"
+    assert (tmp_path / "store/runs/pbt-1/stages/tune/network.safetensors").exists()
