@@ -417,10 +417,23 @@ def _suggest(word: str, choices: list[str]) -> str:
 
 
 def _unique(problems: list[SpecProblem]) -> list[SpecProblem]:
-    seen: set[str] = set()
-    out = []
+    """Sorted by position, duplicates dropped, and the alternatives of a union at one place
+    ("Input should be A" and "Input should be B") merged into one line."""
+    out: list[SpecProblem] = []
     for p in sorted(problems, key=lambda p: (p.line, p.col)):
-        if str(p) not in seen:
-            seen.add(str(p))
-            out.append(p)
+        prev = out[-1] if out else None
+        if prev is not None and (prev.line, prev.col, prev.field) == (p.line, p.col, p.field):
+            if p.message == prev.message:
+                continue
+            a, b = _alternative(prev.message), _alternative(p.message)
+            if a and b and a[1] == b[1]:
+                prev.message = f"Input should be {a[0]}, or {b[0]}{b[1]}"
+                continue
+        out.append(p)
     return out
+
+
+def _alternative(message: str) -> tuple[str, str] | None:
+    """('A', ' (got x)') from 'Input should be A (got x)'."""
+    m = re.fullmatch(r"Input should be (.*?)( \(got .*\))?", message)
+    return (m.group(1), m.group(2) or "") if m else None
