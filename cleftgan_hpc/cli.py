@@ -79,8 +79,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 1
 
 
-def _refuse_foreign_or_busy(spec, run) -> None:
+def _alive(pid: int) -> bool:
+    """A live process (not a zombie left by a dead parent)."""
     import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def _refuse_foreign_or_busy(spec, run) -> None:
     import socket
 
     stored = run.load_spec()
@@ -90,11 +106,7 @@ def _refuse_foreign_or_busy(spec, run) -> None:
         )
     for name in stored.stages:
         st = run.status(name)
-        if st.state == "running" and st.host == socket.gethostname() and st.pid:
-            try:
-                os.kill(st.pid, 0)
-            except ProcessLookupError:
-                continue  # died without recording it: resuming is right
+        if st.state == "running" and st.host == socket.gethostname() and st.pid and _alive(st.pid):
             raise CleftGanError(
                 f"stage {name!r} of run {run.run_id} is running now (pid {st.pid}); "
                 "wait for it or stop it before running the job again"

@@ -59,6 +59,9 @@ class LocalLauncher:
     cancels everything downstream and the run stops there."""
 
     def launch(self, plan: Plan, run: RunState, force: set[str]) -> bool:
+        # SIGTERM to this launcher (a job scheduler, kill) is handled like Ctrl-C: the running
+        # stage gets SIGTERM and stops at a safe point, instead of being orphaned.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
         for s in plan.stages:  # make every stage visible in `status` from the start
             if not run.store.exists(run.key(s.name, "status.json")):
                 run.set_status(s.name, StageStatus())

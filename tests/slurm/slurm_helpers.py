@@ -84,10 +84,17 @@ def wait_state(run: RunState, stage: str, states: set[str], timeout: float = 120
     raise AssertionError(f"stage {stage} is {run.status(stage).state}, not {states}, after {timeout}s")
 
 
-def sacct_state(job_id: str) -> str:
-    out = slurm("sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", job_id)
-    for line in out.splitlines():
-        jid, state = line.split("|")[:2]
-        if jid == job_id:
-            return state.split()[0]
-    return "?"
+def sacct_state(job_id: str, settle: float = 30) -> str:
+    """The job's accounting state once it has settled: slurmdbd records the end of a job a
+    moment after it leaves the queue, so a just-finished job can still read PENDING/RUNNING."""
+    deadline = time.monotonic() + settle
+    state = "?"
+    while True:
+        out = slurm("sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", job_id)
+        for line in out.splitlines():
+            jid, st = line.split("|")[:2]
+            if jid == job_id:
+                state = st.split()[0]
+        if state not in ("?", "PENDING", "RUNNING", "REQUEUED", "COMPLETING") or time.monotonic() > deadline:
+            return state
+        time.sleep(0.5)

@@ -3,6 +3,7 @@ trial's network is promoted, and a killed sweep resumes from Tune's state in the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -99,8 +100,19 @@ def test_killed_sweep_resumes_from_tune_state(tiny_dataset: Path, tmp_path: Path
         if "checkpoint_key" in line or time.monotonic() > deadline:
             break
     time.sleep(2)
-    os.killpg(proc.pid, signal.SIGKILL)
+    # The machine is lost: the launcher and the stage (its own session, with Ray) die at once.
+    stage_pid = json.loads((tmp_path / "store/runs/sw-2/stages/tune/status.json").read_text())["pid"]
+    for group in (stage_pid, proc.pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGKILL)
     proc.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # until the stage's process is gone
+        try:
+            os.kill(stage_pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
     state_dir = tmp_path / "store/runs/sw-2/stages/tune/tune/sweep"
     assert any(p.name.startswith("experiment_state") for p in state_dir.iterdir())
     again = cli(spec, "--run", "sw-2")
