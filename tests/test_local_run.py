@@ -135,3 +135,24 @@ def test_latest_run_is_this_jobs_and_stored_specs_keep_literal_dollars(tmp_path:
     run = RunState(store, "lit-1")
     run.save_spec(literal)
     assert run.load_spec().stages["faces"].images == "/x/${HOME}/p"  # not expanded again when read back
+
+
+def test_a_run_in_progress_or_of_another_job_is_refused(tmp_path: Path) -> None:
+    import os
+    import socket
+
+    from cleftgan_hpc.runs import StageStatus
+    from cleftgan_hpc.spec.load import load_spec
+
+    path = tmp_path / "job.yaml"
+    path.write_text("name: busy\nstages:\n  faces: {kind: demo_data, count: 2, size: 64}\n")
+    run = RunState(LocalStore(tmp_path / "store"), "busy-1")
+    run.save_spec(load_spec(path).spec)
+    run.set_status("faces", StageStatus("running", 1, host=socket.gethostname(), pid=os.getpid()))
+    out = run_cli("run", str(path), "--run", "busy-1", cwd=tmp_path)
+    assert out.returncode == 1 and f"is running now (pid {os.getpid()})" in out.stderr
+
+    other = tmp_path / "other.yaml"
+    other.write_text("name: other\nstages:\n  faces: {kind: demo_data, count: 2, size: 64}\n")
+    out = run_cli("run", str(other), "--run", "busy-1", cwd=tmp_path)
+    assert out.returncode == 1 and "belongs to job 'busy', not 'other'" in out.stderr
