@@ -178,7 +178,10 @@ def run_sweep(cfg: SweepStage, ctx: StageContext) -> dict[str, Any]:
         )
     else:
         scheduler = FIFOScheduler()
-    search_alg = None
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    # Seeded sampling: the same sweep spec draws the same trial settings.
+    search_alg: Any = BasicVariantGenerator(random_state=cfg.seed, max_concurrent=cfg.max_concurrent)
     if cfg.search == "optuna":
         try:
             from ray.tune.search.optuna import OptunaSearch
