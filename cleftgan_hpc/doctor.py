@@ -64,8 +64,8 @@ def check_kernels() -> list[Check]:
         except Exception as exc:  # noqa: BLE001 - a broken build is reported, not raised
             missing.append(f"{name} ({type(exc).__name__})")
     if missing:
-        return [Check("kernels", WARN, "FALLBACK: compiled StyleGAN3 kernels not loaded, using the plain "
-                                       f"PyTorch reference ops (correct, several times slower): {', '.join(missing)}")]
+        return [Check("kernels", WARN, "FALLBACK: no compiled StyleGAN3 CUDA kernels loaded, the networks run on "
+                                       f"their PyTorch ops (correct; slower on GPUs): {', '.join(missing)}")]
     return [Check("kernels", OK, f"compiled kernels loaded: {', '.join(found)}")]
 
 
