@@ -11,14 +11,17 @@ import argparse
 import json
 import logging
 import os
+import socket
 import sys
 import tempfile
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 from cleftgan_hpc.errors import CleftGanError
 from cleftgan_hpc.plan import PlannedStage, make_plan
+from cleftgan_hpc.ranks import detect
 from cleftgan_hpc.runs import RunState
 from cleftgan_hpc.spec.models import StoreConfig
 from cleftgan_hpc.spec.stages import AnyStage
@@ -92,80 +95,74 @@ def execute_stage(store_cfg: StoreConfig, run_id: str, stage: str, task: int | N
 
 
 def env_rank() -> int:
-    """This process's data-parallel rank, from torchrun (RANK) or Slurm (SLURM_PROCID)."""
-    if "RANK" in os.environ:
-        return int(os.environ["RANK"])
-    if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
-        return int(os.environ.get("SLURM_PROCID", "0"))
-    return 0
+    """This process's data-parallel rank (0 when it is the only one)."""
+    return detect().rank
+
+
+@dataclass
+class Outcome:
+    """How a call of a stage function ended."""
+
+    state: str  # done, pending (stopped on request: run me again) or failed
+    code: int  # the process exit code: 0, 75 or 1
+    error: str | None = None
+    outputs: dict[str, str] | None = None
+
+
+def _call(planned: PlannedStage, cfg: AnyStage, ctx: StageContext) -> Outcome:
+    """Run the stage function; whatever happens, say how it ended (a bug too, with its traceback in the log)."""
+    try:
+        return Outcome("done", 0, outputs=stage_function(planned.kind)(cfg, ctx))
+    except StopRequested as exc:
+        ctx.log.warning(f"stopped on request, will resume: {exc}")
+        return Outcome("pending", EXIT_REQUEUE, f"stopped on request, will resume: {exc}")
+    except CleftGanError as exc:
+        ctx.log.error(f"{ctx.stage} failed: {exc}")
+        return Outcome("failed", EXIT_FAILED, str(exc))
+    except BaseException as exc:  # noqa: BLE001 - a stage bug still gets a record
+        ctx.log.error(f"{ctx.stage} crashed:\n{traceback.format_exc()}")
+        return Outcome("failed", EXIT_FAILED, f"{type(exc).__name__}: {exc}")
 
 
 def _run_worker(planned: PlannedStage, cfg: AnyStage, ctx: StageContext) -> int:
-    try:
-        stage_function(planned.kind)(cfg, ctx)
-    except StopRequested:
-        return EXIT_REQUEUE
-    except BaseException:  # noqa: BLE001 - rank 0 records the stage's failure
-        ctx.log.error(f"rank {env_rank()} failed:\n{traceback.format_exc()}")
-        return EXIT_FAILED
-    return 0
+    return _call(planned, cfg, ctx).code  # rank 0 keeps the records
 
 
 def _run_whole(run: RunState, planned: PlannedStage, cfg: AnyStage, ctx: StageContext, log_file: Path) -> int:
-    stage, log = planned.name, ctx.log
+    stage = planned.name
     status = run.status(stage).running(planned.fingerprint)
     status.job_ids = status.job_ids + ([os.environ["SLURM_JOB_ID"]] if "SLURM_JOB_ID" in os.environ else [])
     run.set_status(stage, status)
-    log.info(f"stage {stage} ({planned.kind}) attempt {status.attempt} on {status.host}, run {run.run_id}")
-    code = 0
-    try:
-        outputs = stage_function(planned.kind)(cfg, ctx)
-        run.set_result(stage, outputs)
-        status.state, status.error = "done", None
-        log.info(f"stage {stage} done in {time.time() - (status.started or time.time()):.1f}s")
-    except StopRequested as exc:
-        status.state, status.error, code = "pending", f"stopped on request, will resume: {exc}", EXIT_REQUEUE
-        log.warning(status.error)
-    except CleftGanError as exc:
-        status.state, status.error, code = "failed", str(exc), EXIT_FAILED
-        log.error(f"stage {stage} failed: {exc}")
-    except BaseException as exc:  # noqa: BLE001 - a stage bug still gets a status record
-        status.state, code = "failed", EXIT_FAILED
-        status.error = f"{type(exc).__name__}: {exc}"
-        log.error(f"stage {stage} crashed:\n{traceback.format_exc()}")
-    status.finished = time.time()
+    ctx.log.info(f"stage {stage} ({planned.kind}) attempt {status.attempt} on {status.host}, run {run.run_id}")
+    outcome = _call(planned, cfg, ctx)
+    if outcome.outputs is not None:
+        run.set_result(stage, outcome.outputs)
+        ctx.log.info(f"stage {stage} done in {time.time() - (status.started or time.time()):.1f}s")
+    status.state, status.error, status.finished = outcome.state, outcome.error, time.time()
     run.set_status(stage, status)
-    _upload_log(run, stage, "log.txt", log, log_file)
-    return code
+    _upload_log(run, stage, "log.txt", ctx.log, log_file)
+    return outcome.code
 
 
 def _run_task(run: RunState, planned: PlannedStage, cfg: AnyStage, ctx: StageContext, log_file: Path) -> int:
-    stage, task, log = planned.name, ctx.task, ctx.log
+    stage, task = planned.name, ctx.task
     key = run.key(stage, f"tasks/{task}.json")
-    record: dict = {
+    record: dict[str, object] = {
         "task": task,
         "state": "running",
         "started": time.time(),
-        "host": os.uname().nodename,
+        "host": socket.gethostname(),
         "job_id": os.environ.get("SLURM_JOB_ID"),
     }
     run.store.put_json(key, record)
-    log.info(f"stage {stage} ({planned.kind}) task {task} on {record['host']}, run {run.run_id}")
-    code = 0
-    try:
-        stage_function(planned.kind)(cfg, ctx)
-        record["state"] = "done"
-    except StopRequested as exc:
-        record.update(state="pending", error=f"stopped on request, will resume: {exc}")
-        code = EXIT_REQUEUE
-    except BaseException as exc:  # noqa: BLE001 - a task bug still gets a record
-        record.update(state="failed", error=f"{type(exc).__name__}: {exc}")
-        log.error(f"task {task} of {stage} failed:\n{traceback.format_exc()}")
-        code = EXIT_FAILED
-    record["finished"] = time.time()
+    ctx.log.info(f"stage {stage} ({planned.kind}) task {task} on {record['host']}, run {run.run_id}")
+    outcome = _call(planned, cfg, ctx)
+    record.update(state=outcome.state, finished=time.time())
+    if outcome.error:
+        record["error"] = outcome.error
     run.store.put_json(key, record)
-    _upload_log(run, stage, f"tasks/{task}.log.txt", log, log_file)
-    return code
+    _upload_log(run, stage, f"tasks/{task}.log.txt", ctx.log, log_file)
+    return outcome.code
 
 
 def _upload_log(run: RunState, stage: str, name: str, log: logging.Logger, log_file: Path) -> None:

@@ -170,6 +170,6 @@ class LocalLauncher:
     def cancel(self, plan: Plan, run: RunState) -> None:
         for s in plan.stages:
             status = run.status(s.name)
-            if status.state == "running" and status.pid and status.host == os.uname().nodename:
+            if status.state == "running" and status.pid and status.host == socket.gethostname():
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(status.pid, signal.SIGTERM)
