@@ -1,15 +1,21 @@
-"""A TCP forwarder on 127.0.0.1 that adds a fixed round-trip time, to emulate a remote server.
+"""A TCP forwarder on 127.0.0.1 that emulates a remote link: a fixed round-trip time and,
+optionally, a bandwidth cap per connection.
 
     with LatencyProxy("127.0.0.1", 8333, rtt_s=0.020) as proxy:
         boto3.client("s3", endpoint_url=proxy.url)       # every request now pays the RTT
+    LatencyProxy("127.0.0.1", 8333, rtt_s=0.020, conn_bytes_per_s=50e6)   # and 50 MB/s a connection
 
-The model is a link with latency and no bandwidth limit: every byte read from one side is
-written to the other rtt/2 later (in order, chunks pipelined, so a long body is delayed by
-rtt/2 once, not per chunk), in both directions, and a new connection first waits one RTT (the
-TCP handshake to a remote host). An HTTP request with its response therefore costs at least
-one RTT more than direct, and a PUT that waits for ``100 Continue`` before its body (botocore
-sends every PUT with ``Expect: 100-continue``) two. Not modelled: bandwidth limits, packet
-loss, TCP slow start and window limits. The proxy's own copying costs CPU on this machine.
+The model is a link with latency: every byte read from one side is written to the other rtt/2
+later (in order, chunks pipelined, so a long body is delayed by rtt/2 once, not per chunk), in
+both directions, and a new connection first waits one RTT (the TCP handshake to a remote host).
+An HTTP request with its response therefore costs at least one RTT more than direct, and a PUT
+that waits for ``100 Continue`` before its body (botocore sends every PUT with ``Expect:
+100-continue``) two. With ``conn_bytes_per_s`` each direction of each connection is also a
+serial link of that rate (a chunk leaves only after the previous one has gone through), which
+is how a single TCP stream to a remote store behaves once its window or the server's
+per-connection limit binds; connections do not share it, so N connections get N times it, up
+to what the server and this machine can do. Not modelled: packet loss, TCP slow start. The
+proxy's own copying costs CPU on this machine.
 
 For a benchmark, not for production: it runs an asyncio loop in a daemon thread; ``stop()``
 (or leaving the ``with`` block) closes the listener, drops every open connection and joins the
@@ -24,16 +30,26 @@ import threading
 from types import TracebackType
 
 CHUNK = 256 << 10
-QUEUE_CHUNKS = 256  # per direction and connection: bounds the bytes held in flight
+QUEUE_CHUNKS = 64  # per direction and connection: bounds the bytes held in flight (16 MiB)
 
 
 class LatencyProxy:
     def __init__(
-        self, target_host: str, target_port: int, rtt_s: float, *, host: str = "127.0.0.1", stop_timeout_s: float = 10.0
+        self,
+        target_host: str,
+        target_port: int,
+        rtt_s: float,
+        *,
+        conn_bytes_per_s: float | None = None,
+        host: str = "127.0.0.1",
+        stop_timeout_s: float = 10.0,
     ) -> None:
         if rtt_s < 0:
             raise ValueError("rtt_s must be >= 0")
+        if conn_bytes_per_s is not None and conn_bytes_per_s <= 0:
+            raise ValueError("conn_bytes_per_s must be > 0 (or None: no cap)")
         self.target_host, self.target_port, self.rtt_s = target_host, target_port, rtt_s
+        self.conn_bytes_per_s = conn_bytes_per_s
         self.host, self.stop_timeout_s = host, stop_timeout_s
         self.port = 0
         self.connections = 0  # accepted so far
@@ -139,15 +155,22 @@ class LatencyProxy:
                         await asyncio.wait_for(w.wait_closed(), 1.0)
 
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float, up: bool) -> None:
-        """Copy reader to writer, each chunk written ``delay`` seconds after it was read."""
+        """Copy reader to writer, each chunk written ``delay`` seconds after it has gone through the
+        link (at once without a bandwidth cap; else after the chunks before it, at the capped rate)."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[float, bytes | OSError]] = asyncio.Queue(QUEUE_CHUNKS)
+        rate = self.conn_bytes_per_s
 
         async def feed() -> None:
+            link_free_at = 0.0  # when this direction's link has sent everything queued so far
             try:
                 while True:
                     data = await reader.read(CHUNK)
-                    await queue.put((loop.time() + delay, data))
+                    sent_at = loop.time()
+                    if rate is not None:
+                        link_free_at = max(link_free_at, sent_at) + len(data) / rate
+                        sent_at = link_free_at
+                    await queue.put((sent_at + delay, data))
                     if not data:
                         return
             except OSError as e:  # a reset: handed on in order, it drops the connection

@@ -12,6 +12,13 @@ from typing import Any
 from cleftgan_hpc.errors import CleftGanError
 
 
+def _spec_default(field: str) -> object:
+    """A synthesize spec field's default: the CLI and the YAML spec share one source."""
+    from cleftgan_hpc.spec.kinds.synthesize import SynthesizeStage
+
+    return SynthesizeStage.model_fields[field].default
+
+
 def add_commands(subparsers: Any) -> None:
     """Register `synthesize`, `pull` and `regenerate` on the main CLI's subparsers."""
     p = subparsers.add_parser(
@@ -36,13 +43,20 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--format", default="png", choices=["png", "jpeg", "webp"])
     p.add_argument("--quality", type=int, default=None, help="JPEG/WebP quality")
     p.add_argument("--resize", type=int, default=None, metavar="PX", help="resize to PX x PX")
-    p.add_argument("--shard-size", type=int, default=1000, help="images per shard (default 1000)")
-    p.add_argument("--batch", type=int, default=32, help="images per forward pass (default 32)")
+    p.add_argument(
+        "--shard-size", type=int, default=None, help=f"images per shard (default {_spec_default('shard_size')})"
+    )
+    p.add_argument(
+        "--batch", type=int, default=None, help=f"images per forward pass (default {_spec_default('batch')})"
+    )
     p.add_argument("--tasks", type=int, default=None, help="number of tasks (default SLURM_ARRAY_TASK_COUNT or 1)")
     p.add_argument("--task-index", type=int, default=None, help="this task (default SLURM_ARRAY_TASK_ID)")
     p.add_argument("--commit", action="store_true", help="run as the commit step even inside a Slurm array task")
     p.add_argument("--workers", type=int, default=None, help="encoding processes (default: CPUs - 1)")
-    p.add_argument("--upload-concurrency", type=int, default=4, help="shards uploaded at once (default 4)")
+    p.add_argument(
+        "--upload-concurrency", type=int, default=None,
+        help=f"shards uploaded at once (default {_spec_default('upload_concurrency')})",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace a dataset made with other options")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--scratch", default=None, help="local scratch directory (default: $TMPDIR/cleftgan-hpc)")
@@ -122,9 +136,11 @@ def synthesize_command(args: argparse.Namespace) -> int:
         "kind": "synthesize", "network": str(Path(args.network).absolute()), "count": args.count,
         "seeds": args.seeds, "truncation_psi": args.psi, "truncation_cutoff": args.cutoff,
         "labels": _labels(args.labels), "format": args.format, "quality": args.quality, "resize": args.resize,
-        "shard_size": args.shard_size, "dataset": args.dataset, "batch": args.batch, "tasks": tasks,
-        "workers": args.workers, "upload_concurrency": args.upload_concurrency, "overwrite": args.overwrite,
+        "dataset": args.dataset, "tasks": tasks, "workers": args.workers, "overwrite": args.overwrite,
     }
+    for name in ("shard_size", "batch", "upload_concurrency"):  # unset: the spec's default
+        if getattr(args, name) is not None:
+            fields[name] = getattr(args, name)
     if args.first_seed is not None:
         fields["first_seed"] = args.first_seed
     try:

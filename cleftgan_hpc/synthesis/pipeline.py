@@ -94,7 +94,7 @@ class Pipeline:
 
     def __init__(
         self, g: Any, recipe: Recipe, store: ObjectStore, scratch: Path, *, device: str = "cpu",
-        workers: int = 0, upload_concurrency: int = 4, max_pending: int | None = None,
+        workers: int = 0, upload_concurrency: int = 8, max_pending: int | None = None,
         log: logging.Logger | None = None, should_stop: Callable[[], bool] = lambda: False,
         on_images: Callable[[int], None] = lambda n: None, encode_pool: Executor | None = None,
     ) -> None:

@@ -80,7 +80,10 @@ class SynthesizeStage(StageBase):
         None, ge=0, le=256, description="Image-encoding processes; default: the stage's CPUs minus one (0 encodes "
         "in the main process)."
     )
-    upload_concurrency: int = Field(4, ge=1, le=64, description="Shards uploaded at the same time.")
+    upload_concurrency: int = Field(
+        8, ge=1, le=64, description="Shards uploaded at the same time, each on its own connection (up to this "
+        "many + 1 finished shards wait on scratch)."
+    )
     overwrite: bool = Field(
         False, description="Replace an existing dataset made with different options (else that is refused)."
     )
