@@ -1,7 +1,9 @@
-"""Image-quality metrics: feature extractors, FID, KID and the real-set statistics cache."""
+"""Image-quality metrics: FID, KID (feature extractors, real-set statistics cache), PPL (LPIPS) and DISH
+(severity histograms), and the saved progress a long evaluation resumes from."""
 
 from cleftgan_hpc.metrics.cache import FeatureStats, FeatureStatsCache
 from cleftgan_hpc.metrics.compute import fid_kid, generated_features, uint8_batches
+from cleftgan_hpc.metrics.dish import DishResult, dish
 from cleftgan_hpc.metrics.features import (
     FeatureExtractor,
     images_to_uint8,
@@ -10,8 +12,13 @@ from cleftgan_hpc.metrics.features import (
 )
 from cleftgan_hpc.metrics.fid import fid_from_features, frechet_distance
 from cleftgan_hpc.metrics.kid import kid_from_features
+from cleftgan_hpc.metrics.lpips import LPIPSNet, load_lpips, save_tiny_lpips
+from cleftgan_hpc.metrics.partial import PartialResults
+from cleftgan_hpc.metrics.ppl import PPLSettings, path_lengths, ppl_from_lengths
+from cleftgan_hpc.metrics.severity import SeverityModel, load_severity_model, save_demo_severity_model
 
 __all__ = [
+    "DishResult",
     "FeatureExtractor",
     "FeatureStats",
     "FeatureStatsCache",
@@ -20,8 +27,19 @@ __all__ = [
     "frechet_distance",
     "generated_features",
     "images_to_uint8",
+    "dish",
     "kid_from_features",
     "load_feature_extractor",
+    "load_lpips",
+    "load_severity_model",
+    "LPIPSNet",
+    "PartialResults",
+    "path_lengths",
+    "PPLSettings",
+    "ppl_from_lengths",
+    "save_demo_severity_model",
     "save_tiny_extractor",
+    "save_tiny_lpips",
+    "SeverityModel",
     "uint8_batches",
 ]

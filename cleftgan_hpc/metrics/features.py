@@ -52,7 +52,8 @@ def extractor_digest(path: str | Path) -> str:
     """A content hash of a TorchScript file (hex sha256), stable across re-saves.
 
     TorchScript archives name their top folder after the file and carry debug tables with
-    source paths; neither changes what the network computes, so both are left out (otherwise
+    source paths and a random serialization id; none changes what the network computes, so
+    they are left out (otherwise
     the same extractor saved on two machines would miss each other's feature caches).
     Files that are not zip archives are hashed whole.
     """
@@ -62,7 +63,7 @@ def extractor_digest(path: str | Path) -> str:
             entries = []
             for info in z.infolist():
                 name = info.filename.split("/", 1)[-1]
-                if name.endswith(".debug_pkl") or info.is_dir():
+                if name.endswith(".debug_pkl") or name == ".data/serialization_id" or info.is_dir():
                     continue
                 entries.append((name, info))
             for name, info in sorted(entries, key=lambda t: t[0]):
@@ -138,6 +139,16 @@ def images_to_uint8(images: torch.Tensor) -> torch.Tensor:
     return (images * 127.5 + 128).clamp(0, 255).to(torch.uint8)
 
 
+def random_conv(g: torch.Generator, cin: int, cout: int) -> tuple[torch.nn.Parameter, torch.nn.Parameter]:
+    """He-initialised 3x3 conv weight [cout, cin, 3, 3] and bias [cout] from ``g``, for the stand-ins.
+
+    Plain parameters used through ``F.conv2d``, not ``nn.Conv2d`` modules: TorchScript writes a
+    module's constants in hash-seed order, so a saved Conv2d differs from process to process."""
+    w = torch.randn([cout, cin, 3, 3], generator=g) * (2 / (cin * 9)) ** 0.5
+    b = torch.randn([cout], generator=g) * 0.1
+    return torch.nn.Parameter(w, requires_grad=False), torch.nn.Parameter(b, requires_grad=False)
+
+
 class TinyExtractor(torch.nn.Module):
     """A small fixed random-weight conv net standing in for Inception in tests and demos.
 
@@ -151,37 +162,34 @@ class TinyExtractor(torch.nn.Module):
         if feature_dim < 2 or feature_dim % 2:
             raise CleftGanError(f"tiny extractor feature_dim must be even and >= 2, got {feature_dim}")
         g = torch.Generator().manual_seed(seed)
-        chans = [3, 16, 32, feature_dim // 2]
-        convs = []
-        for cin, cout in zip(chans[:-1], chans[1:], strict=True):
-            conv = torch.nn.Conv2d(cin, cout, 3, stride=2, padding=1)
-            with torch.no_grad():
-                conv.weight.copy_(torch.randn(conv.weight.shape, generator=g) * (2 / (cin * 9)) ** 0.5)
-                conv.bias.copy_(torch.randn(conv.bias.shape, generator=g) * 0.1)
-            convs.append(conv)
-        self.convs = torch.nn.ModuleList(convs)
+        self.w0, self.b0 = random_conv(g, 3, 16)
+        self.w1, self.b1 = random_conv(g, 16, 32)
+        self.w2, self.b2 = random_conv(g, 32, feature_dim // 2)
 
     def forward(self, images: torch.Tensor, return_features: bool = False) -> torch.Tensor:
         # return_features is accepted for the Inception calling convention; there are no logits
         x = images.to(torch.float32) / 127.5 - 1  # [N, 3, H, W]
         x = F.interpolate(x, size=(64, 64), mode="bilinear", align_corners=False, antialias=True)
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), 0.2)  # 64 -> 32 -> 16 -> 8
+        x = F.leaky_relu(F.conv2d(x, self.w0, self.b0, stride=2, padding=1), 0.2)  # 64 -> 32
+        x = F.leaky_relu(F.conv2d(x, self.w1, self.b1, stride=2, padding=1), 0.2)  # 32 -> 16
+        x = F.leaky_relu(F.conv2d(x, self.w2, self.b2, stride=2, padding=1), 0.2)  # 16 -> 8
         return torch.cat([x.mean(dim=(2, 3)), x.std(dim=(2, 3))], dim=1)  # [N, feature_dim]
 
 
-def save_tiny_extractor(path: str | Path, seed: int = TINY_SEED, feature_dim: int = TINY_FEATURE_DIM) -> str:
-    """Write the tiny extractor as TorchScript to ``path``; return its digest.
-
-    Saved through memory so the archive does not depend on the file name: the same seed gives
-    the same bytes wherever it is written.
-    """
+def save_scripted(module: torch.nn.Module, path: str | Path) -> str:
+    """Script ``module``, write it to ``path`` atomically (a reader never sees half a file) and
+    return its digest, which is the same in every process for the same module."""
     buf = io.BytesIO()
     with _quiet_jit():
-        torch.jit.save(torch.jit.script(TinyExtractor(seed, feature_dim).eval()), buf)
+        torch.jit.save(torch.jit.script(module.eval()), buf)
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(p.name + ".part")
     tmp.write_bytes(buf.getvalue())
-    tmp.replace(p)  # a reader never sees half a file
+    tmp.replace(p)
     return extractor_digest(p)
+
+
+def save_tiny_extractor(path: str | Path, seed: int = TINY_SEED, feature_dim: int = TINY_FEATURE_DIM) -> str:
+    """Write the tiny extractor as TorchScript to ``path``; return its digest (one per seed)."""
+    return save_scripted(TinyExtractor(seed, feature_dim), path)

@@ -48,6 +48,18 @@ def model_table(model: type[BaseModel], skip: tuple[str, ...] = ()) -> str:
     return "\n".join(rows)
 
 
+def nested_models(model: type[BaseModel]) -> list[tuple[str, type[BaseModel]]]:
+    """(field, model) for the fields of ``model`` that hold a model of their own (e.g. ``ppl:``)."""
+    found = []
+    for name, info in model.model_fields.items():
+        candidates = [info.annotation, *typing.get_args(info.annotation)]
+        for tp in candidates:
+            if isinstance(tp, type) and issubclass(tp, BaseModel):
+                found.append((name, tp))
+                break
+    return found
+
+
 def spec_reference() -> str:
     parts = [
         "### Job",
@@ -69,6 +81,9 @@ def spec_reference() -> str:
             model_table(model, skip=("needs", "resources", "kind")),
             f"Outputs: {outs}; `stage:NAME` alone means `{model.default_output}`.",
         ]
+        for field, sub in nested_models(model):
+            if field != "resources":
+                parts += [f"#### `{kind}` → `{field}`", inspect.cleandoc(sub.__doc__ or ""), model_table(sub)]
     parts.append(
         "An **input** is a local path (relative to the spec's directory), `store:KEY` (a key or prefix in the "
         "job's store) or `stage:NAME[.OUTPUT]` (what an earlier stage of the same run produced; "

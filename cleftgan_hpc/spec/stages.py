@@ -10,6 +10,7 @@ from typing import Annotated
 from pydantic import Field
 
 from cleftgan_hpc.spec.kinds.demo_data import DemoDataStage
+from cleftgan_hpc.spec.kinds.evaluate import EvaluateStage
 from cleftgan_hpc.spec.kinds.finetune import AugmentOp, FinetuneStage, RandomNetwork
 from cleftgan_hpc.spec.kinds.preprocess import PreprocessStage
 from cleftgan_hpc.spec.kinds.sweep import SweepStage
@@ -17,7 +18,8 @@ from cleftgan_hpc.spec.kinds.synthesize import SynthesizeStage
 from cleftgan_hpc.spec.models import StageBase
 
 AnyStage = Annotated[
-    PreprocessStage | DemoDataStage | FinetuneStage | SweepStage | SynthesizeStage, Field(discriminator="kind")
+    PreprocessStage | DemoDataStage | FinetuneStage | SweepStage | SynthesizeStage | EvaluateStage,
+    Field(discriminator="kind"),
 ]
 
 KINDS: dict[str, type[StageBase]] = {
@@ -26,9 +28,10 @@ KINDS: dict[str, type[StageBase]] = {
     "finetune": FinetuneStage,
     "sweep": SweepStage,
     "synthesize": SynthesizeStage,
+    "evaluate": EvaluateStage,
 }
 
 __all__ = [
-    "AnyStage", "AugmentOp", "DemoDataStage", "FinetuneStage", "KINDS", "PreprocessStage", "RandomNetwork",
-    "SweepStage", "SynthesizeStage",
+    "AnyStage", "AugmentOp", "DemoDataStage", "EvaluateStage", "FinetuneStage", "KINDS", "PreprocessStage",
+    "RandomNetwork", "SweepStage", "SynthesizeStage",
 ]

@@ -38,6 +38,12 @@ def _synthesize() -> StageFn:
     return run
 
 
+def _evaluate() -> StageFn:
+    from cleftgan_hpc.stages.evaluate import run
+
+    return run
+
+
 def _sweep() -> StageFn:
     from cleftgan_hpc.stages.sweep import run
 
@@ -50,6 +56,7 @@ RUNNERS: dict[str, Callable[[], StageFn]] = {
     "finetune": _finetune,
     "sweep": _sweep,
     "synthesize": _synthesize,
+    "evaluate": _evaluate,
 }
 
 

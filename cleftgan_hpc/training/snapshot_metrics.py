@@ -7,7 +7,6 @@ in the metric come from the network, not from sampling noise.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
@@ -21,15 +20,8 @@ from cleftgan_hpc.metrics import (
     uint8_batches,
 )
 from cleftgan_hpc.stages.context import StageContext
+from cleftgan_hpc.storage.base import sha256_file
 from cleftgan_hpc.training.loop import TrainData, derive_seed
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class SnapshotMetrics:
@@ -64,7 +56,7 @@ class SnapshotMetrics:
         cache = FeatureStatsCache(ctx.store)
         images = data.images.permute(0, 2, 3, 1).numpy()  # [N, H, W, C] uint8, no mirroring: the real set
         self.real, hit = cache.get_or_compute(
-            file_sha256(dataset_file),
+            sha256_file(dataset_file),
             self.extractor.digest,
             lambda: self.extractor.features(uint8_batches(iter(images), batch)),
         )

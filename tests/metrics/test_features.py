@@ -4,6 +4,7 @@ and clear errors for missing or wrong files."""
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -90,3 +91,24 @@ def test_wrong_input_is_a_clear_error(tiny_path: Path) -> None:
 def test_images_to_uint8_quantises_as_the_reference() -> None:
     x = torch.tensor([-2.0, -1.0, 0.0, 0.5, 1.0]).view(1, 1, 1, 5)
     assert images_to_uint8(x).flatten().tolist() == [0, 0, 128, 191, 255]
+
+
+def test_stand_ins_have_one_digest_in_every_process(tmp_path: Path) -> None:
+    """The stand-ins' digests key the store's feature cache: two processes with different hash
+    seeds (TorchScript writes some things in hash order) must save files with the same digest."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from cleftgan_hpc.metrics.features import save_tiny_extractor; "
+        "from cleftgan_hpc.metrics.lpips import save_tiny_lpips; "
+        "from cleftgan_hpc.metrics.severity import save_demo_severity_model; d = sys.argv[1]; "
+        "print(save_tiny_extractor(d + '/x.pt'), save_tiny_lpips(d + '/l.pt'), save_demo_severity_model(d + '/s.pt'))"
+    )
+    digests = []
+    for seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        out = subprocess.run([sys.executable, "-c", code, str(tmp_path / seed)], env=env, capture_output=True,
+                             text=True, timeout=120, check=True)
+        digests.append(out.stdout.split())
+    assert len(digests[0]) == 3 and digests[0] == digests[1]

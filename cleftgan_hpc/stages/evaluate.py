@@ -1,0 +1,292 @@
+"""The evaluate stage: FID, KID, PPL and DISH of a generator against the real dataset.
+
+One pass generates the images (seeds first_seed.., z as the synthesize stage draws it) and
+feeds each batch to the Inception stand-in for FID/KID and to the severity model for DISH; a
+second pass measures PPL. Per-image results are saved to the store every ``save_every_s``, so
+a preempted run (SIGTERM/SIGUSR2: exit 75, requeue) resumes from there; every image is a pure
+function of its index, so the resumed result equals an uninterrupted one.
+
+Writes ``metrics.json`` (values and their provenance) and ``report.png`` (sample grid, the
+severity histograms, the path-length distribution).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cleftgan_hpc.errors import CleftGanError
+from cleftgan_hpc.metrics.partial import PartialResults
+from cleftgan_hpc.spec.kinds.evaluate import EvaluateStage
+from cleftgan_hpc.stages.context import StageContext, StopRequested
+from cleftgan_hpc.storage.base import sha256_file
+
+GRID_IMAGES = 16
+LABEL_STREAM = 0x6C61  # as synthesis: the class of seed s comes from default_rng([s, LABEL_STREAM])
+
+
+@dataclass
+class Models:
+    """The measuring networks the configured metrics need (None where not needed)."""
+
+    extractor: Any = None  # FeatureExtractor (fid, kid)
+    lpips: Any = None  # LPIPSNet (ppl)
+    severity: Any = None  # SeverityModel (dish)
+
+    def digests(self) -> dict[str, str]:
+        named = {"feature_extractor": self.extractor, "lpips": self.lpips, "severity_model": self.severity}
+        return {k: m.digest for k, m in named.items() if m is not None}
+
+
+def load_models(cfg: EvaluateStage, ctx: StageContext, device: str) -> Models:
+    """Load what the metrics need; 'demo' writes the project's small stand-in into scratch first."""
+    from cleftgan_hpc.metrics.features import load_feature_extractor, save_tiny_extractor
+    from cleftgan_hpc.metrics.lpips import load_lpips, save_tiny_lpips
+    from cleftgan_hpc.metrics.severity import load_severity_model, save_demo_severity_model
+
+    def path_of(ref: str | None, demo_name: str, save_demo: Callable[[Path], object]) -> Path:
+        assert ref is not None  # the config validator requires the model of every metric asked for
+        if ref == "demo":
+            path = ctx.scratch / demo_name
+            save_demo(path)
+            return path
+        return ctx.fetch(ref)
+
+    models = Models()
+    wanted = set(cfg.metrics)
+    if wanted & {"fid", "kid"}:
+        models.extractor = load_feature_extractor(
+            path_of(cfg.feature_extractor, "demo_extractor.pt", save_tiny_extractor), device
+        )
+    if "ppl" in wanted:
+        models.lpips = load_lpips(path_of(cfg.lpips, "demo_lpips.pt", save_tiny_lpips), device)
+    if "dish" in wanted:
+        models.severity = load_severity_model(
+            path_of(cfg.severity_model, "demo_severity.pt", save_demo_severity_model), device
+        )
+    return models
+
+
+def label_rows(labels: np.ndarray | None, c_dim: int) -> np.ndarray | None:
+    """The dataset's labels as [N, c_dim] float rows for a conditional generator (None otherwise)."""
+    if c_dim == 0:
+        return None
+    if labels is None:
+        raise CleftGanError(f"the network is conditional ({c_dim} classes) but the dataset has no labels")
+    if labels.dtype.kind in "iu":
+        if labels.min() < 0 or labels.max() >= c_dim:
+            raise CleftGanError(f"dataset labels span {labels.min()}..{labels.max()}; the network has 0..{c_dim - 1}")
+        return np.eye(c_dim, dtype=np.float32)[labels]
+    rows = labels.reshape(len(labels), -1).astype(np.float32)
+    if rows.shape[1] != c_dim:
+        raise CleftGanError(f"dataset labels have width {rows.shape[1]}, the network expects {c_dim}")
+    return rows
+
+
+@torch.no_grad()
+def generate(G: Any, seeds: range, labels: np.ndarray | None, psi: float, device: str) -> torch.Tensor:
+    """uint8 [N, C, H, W] images of ``seeds``; a conditional net gets a real label drawn per seed."""
+    from cleftgan_hpc.model.generate import seed_to_z, to_uint8
+
+    z = torch.from_numpy(np.concatenate([seed_to_z(s, G.z_dim) for s in seeds])).float().to(device)
+    c = None
+    if labels is not None:
+        pick = [int(np.random.default_rng([s, LABEL_STREAM]).integers(len(labels))) for s in seeds]
+        c = torch.from_numpy(labels[pick]).to(device)
+    images = to_uint8(G(z, c, truncation_psi=psi))  # [N, H, W, C] uint8 on the host
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+
+
+def identity_of(cfg: EvaluateStage, network: Path, dataset: Path, models: Models) -> str:
+    """What the saved progress belongs to: another network, dataset, model or option starts afresh."""
+    config = cfg.model_dump(mode="json", exclude={"save_every_s", "needs", "resources", "network", "dataset"})
+    blob = {"network": sha256_file(network), "dataset": sha256_file(dataset), "models": models.digests(), **config}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
+
+
+def run(cfg: EvaluateStage, ctx: StageContext) -> dict[str, str]:
+    from cleftgan_hpc.data.dataset import Dataset
+    from cleftgan_hpc.metrics.cache import FeatureStatsCache
+    from cleftgan_hpc.metrics.compute import fid_kid, uint8_batches
+    from cleftgan_hpc.metrics.dish import dish
+    from cleftgan_hpc.synthesis.generate import load_generator, network_info
+
+    t0 = time.monotonic()
+    device = ctx.device
+    network_path, dataset_path = ctx.fetch(cfg.network), ctx.fetch(cfg.dataset)
+    G = load_generator(network_path, device)
+    real = Dataset(dataset_path)
+    labels = label_rows(real.labels, G.c_dim)
+    models = load_models(cfg, ctx, device)
+    wanted = set(cfg.metrics)
+    partial = PartialResults(
+        ctx.store, ctx.key("progress.npz"), identity_of(cfg, network_path, dataset_path, models), cfg.save_every_s
+    )
+    if partial.resumed:
+        ctx.log.info(
+            "resuming: "
+            + ", ".join(f"{n} {partial.done(n)}" for n in ("features", "severity", "path_lengths") if partial.done(n))
+        )
+
+    # -- the real set: Inception statistics (cached in the store, shared with finetune's snapshots)
+    # and severity scores
+    dataset_sha = sha256_file(dataset_path)
+    real_stats = None
+    if models.extractor is not None:
+        extractor = models.extractor
+        real_stats, hit = FeatureStatsCache(ctx.store).get_or_compute(
+            dataset_sha, extractor.digest, lambda: extractor.features(uint8_batches(iter(real), cfg.batch))
+        )
+        ctx.log.info(f"real-set features {'from the cache' if hit else 'computed and cached'} ({real.count} images)")
+    real_scores = None
+    if models.severity is not None:
+        real_scores = models.severity.scores_of(uint8_batches(iter(real), cfg.batch))
+
+    # -- pass 1: generated images -> features and severity scores
+    if models.extractor is not None or models.severity is not None:
+        # both series grow together and are saved together, so either one's length is the resume point
+        start = partial.done("features" if models.extractor is not None else "severity")
+        progress = ctx.progress(cfg.num_images, "evaluate: generated images", "images")
+        progress.update(start)
+        for first in range(start, cfg.num_images, cfg.batch):
+            _stop_if_asked(ctx, partial)
+            seeds = range(cfg.first_seed + first, cfg.first_seed + min(first + cfg.batch, cfg.num_images))
+            images = generate(G, seeds, labels, cfg.truncation_psi, device)
+            if models.extractor is not None:
+                partial.extend("features", models.extractor.features([images]))
+            if models.severity is not None:
+                partial.extend("severity", models.severity.scores(images))
+            partial.maybe_save()
+            progress.update(len(seeds))
+        progress.close()
+
+    # -- pass 2: perceptual path lengths
+    if models.lpips is not None:
+        from cleftgan_hpc.metrics.ppl import PPLSettings, path_lengths
+
+        settings = PPLSettings(cfg.ppl.epsilon, cfg.ppl.space, cfg.ppl.sampling, cfg.ppl.crop)
+        progress = ctx.progress(cfg.ppl.samples, "evaluate: PPL", "pairs")
+        done = partial.done("path_lengths")
+        progress.update(done)
+        chunk = max(cfg.batch, 1) * 8  # between saves and stop checks
+        while done < cfg.ppl.samples:
+            _stop_if_asked(ctx, partial)
+            n = min(chunk, cfg.ppl.samples - done)
+            lengths = path_lengths(
+                G, models.lpips, n, settings, first=done, batch=cfg.batch, seed=cfg.seed, device=device,
+                labels=labels, on_samples=progress.update,
+            )
+            partial.extend("path_lengths", lengths)
+            partial.maybe_save()
+            done += n
+        progress.close()
+    partial.save()  # everything computed: a crash while writing the report costs nothing
+
+    # -- the numbers
+    values: dict[str, float] = {}
+    details: dict[str, Any] = {}
+    if real_stats is not None:
+        fk = fid_kid(real_stats, partial.array("features"), cfg.kid_subsets, cfg.kid_subset_size, cfg.seed)
+        values.update({k: float(fk[k]) for k in ("fid", "kid") if k in wanted})
+    dish_result = None
+    if real_scores is not None:
+        dish_result = dish(
+            real_scores, partial.array("severity"), bins=cfg.dish.bins, value_range=cfg.dish.range,
+            divergence=cfg.dish.divergence, smoothing=cfg.dish.smoothing,
+        )
+        values["dish"] = float(dish_result.value)
+        details["dish"] = dish_result.to_json()
+    lengths = None
+    if models.lpips is not None:
+        from cleftgan_hpc.metrics.ppl import ppl_from_lengths
+
+        lengths = partial.array("path_lengths")
+        values["ppl"] = float(ppl_from_lengths(lengths))
+        details["ppl"] = {**cfg.ppl.model_dump(mode="json"), "median": float(np.median(lengths))}
+    values = {m: values[m] for m in cfg.metrics}  # in the order asked for
+    ctx.log.info("evaluate: " + ", ".join(f"{k} {v:.4g}" for k, v in values.items()))
+
+    record = {
+        "metrics": values,
+        "network": {"source": cfg.network, "sha256": sha256_file(network_path), **network_info(G)},
+        "dataset": {"source": cfg.dataset, "sha256": dataset_sha, "images": real.count},
+        "generated": {"images": cfg.num_images, "first_seed": cfg.first_seed, "truncation_psi": cfg.truncation_psi},
+        "models": models.digests(),
+        "kid": {"subsets": cfg.kid_subsets, "subset_size": cfg.kid_subset_size} if "kid" in wanted else None,
+        **details,
+        "seconds": round(time.monotonic() - t0, 1),
+        "resumed": partial.resumed,
+    }
+    ctx.store.put_json(ctx.key(EvaluateStage.outputs["metrics"]), record)
+    grid = generate(G, range(cfg.first_seed, cfg.first_seed + GRID_IMAGES), labels, cfg.truncation_psi, device)
+    ctx.store.put_bytes(ctx.key(EvaluateStage.outputs["report"]), report_png(values, grid, dish_result, lengths))
+    partial.discard()
+    return {name: ctx.key(filename) for name, filename in EvaluateStage.outputs.items()}
+
+
+def _stop_if_asked(ctx: StageContext, partial: PartialResults) -> None:
+    if ctx.should_stop():
+        partial.save()
+        raise StopRequested("evaluate: progress saved; run again to resume")
+
+
+def report_png(values: dict[str, float], grid: torch.Tensor, dish_result: Any, lengths: np.ndarray | None) -> bytes:
+    """One PNG people can read at a glance: the metric values, sample images, and the DISH and PPL
+    distributions behind their single numbers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from cleftgan_hpc.model.generate import make_grid
+
+    panels = 1 + (dish_result is not None) + (lengths is not None)
+    fig, axes = plt.subplots(1, panels, figsize=(4.5 * panels, 4.5), squeeze=False)
+    ax = axes[0][0]
+    tiles = grid.permute(0, 2, 3, 1).numpy()  # [N, H, W, C]
+    image = make_grid(tiles, cols=math.ceil(math.sqrt(len(tiles))))
+    ax.imshow(image[:, :, 0] if image.shape[2] == 1 else image, cmap="gray" if image.shape[2] == 1 else None)
+    ax.set_title("generated (first seeds)")
+    ax.axis("off")
+    k = 1
+    if dish_result is not None:
+        ax = axes[0][k]
+        edges = np.asarray(dish_result.edges)
+        centres, width = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
+        ax.bar(centres, dish_result.real_hist, width=width, alpha=0.5, label="real")
+        ax.bar(centres, dish_result.fake_hist, width=width, alpha=0.5, label="generated")
+        ax.set_title(f"severity histograms: DISH ({dish_result.divergence}) {dish_result.value:.4f}")
+        ax.set_xlabel("severity score")
+        ax.set_ylabel("fraction of images")
+        ax.legend()
+        k += 1
+    if lengths is not None:
+        ax = axes[0][k]
+        positive = lengths[lengths > 0]
+        lo, hi = np.percentile(lengths, 1, method="lower"), np.percentile(lengths, 99, method="higher")
+        if len(positive) and positive.max() > positive.min():
+            bins = np.geomspace(positive.min(), positive.max(), 40)
+            ax.hist(positive, bins=bins)
+            ax.set_xscale("log")
+        else:
+            ax.hist(lengths, bins=40)
+        ax.axvspan(lo, hi, alpha=0.1, color="green", label="kept (1st-99th percentile)")
+        ax.set_title(f"path lengths: PPL {values.get('ppl', float('nan')):.4g}")
+        ax.set_xlabel("LPIPS / epsilon^2")
+        ax.legend()
+    fig.suptitle("  ".join(f"{k.upper()} {v:.4g}" for k, v in values.items()))
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()

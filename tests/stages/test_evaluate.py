@@ -1,0 +1,209 @@
+"""The evaluate stage: its spec, the numbers it records, its report, and resuming after a stop."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cleftgan_hpc.errors import CleftGanError, SpecError
+from cleftgan_hpc.spec.kinds.evaluate import EvaluateStage
+from cleftgan_hpc.stages.context import StageContext, StopRequested
+from cleftgan_hpc.storage.base import ObjectStore
+from cleftgan_hpc.storage.local import LocalStore
+
+ALL = ["fid", "kid", "ppl", "dish"]
+
+
+@pytest.fixture(scope="module")
+def net32(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny unconditional 32x32 generator (the resolution of ``tiny_dataset``)."""
+    import torch
+
+    from cleftgan_hpc.model import Generator, Network, save_checkpoint
+
+    torch.manual_seed(3)
+    g = Generator(16, 0, 16, 32, 3, channel_base=256, channel_max=16, num_fp16_res=0)
+    path = tmp_path_factory.mktemp("nets") / "g32.safetensors"
+    save_checkpoint(Network(G=g, G_ema=g), path)
+    return path
+
+
+def make_cfg(net: Path, dataset: Path, **kw: Any) -> EvaluateStage:
+    base: dict[str, Any] = {
+        "kind": "evaluate", "network": str(net), "dataset": str(dataset), "metrics": ALL, "num_images": 20,
+        "feature_extractor": "demo", "lpips": "demo", "severity_model": "demo", "ppl": {"samples": 10},
+        "kid_subset_size": 8, "kid_subsets": 10, "batch": 8,
+    }
+    return EvaluateStage.model_validate({**base, **kw})
+
+
+def make_ctx(store: ObjectStore, tmp_path: Path, run_id: str = "r") -> StageContext:
+    return StageContext(store=store, run_id=run_id, stage="evaluate", scratch=tmp_path / f"scratch-{run_id}",
+                        log=logging.getLogger("test-evaluate"))
+
+
+def run_stage(cfg: EvaluateStage, ctx: StageContext) -> dict[str, Any]:
+    from cleftgan_hpc.stages.evaluate import run
+
+    outputs = run(cfg, ctx)
+    assert outputs == {"metrics": ctx.key("metrics.json"), "report": ctx.key("report.png")}
+    return ctx.store.get_json(outputs["metrics"])
+
+
+# -- the spec ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("metric", "field"), [("fid", "feature_extractor"), ("kid", "feature_extractor"),
+                                               ("ppl", "lpips"), ("dish", "severity_model")])
+def test_each_metric_needs_its_model(metric: str, field: str) -> None:
+    with pytest.raises(ValueError, match=f"needs {field}"):
+        EvaluateStage.model_validate({"kind": "evaluate", "network": "/n", "dataset": "/d", "metrics": [metric]})
+
+
+def test_spec_errors_name_file_line_and_field(tmp_path: Path) -> None:
+    from cleftgan_hpc.spec.load import load_spec
+
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        "name: ev\nstore: file://./store\nstages:\n  ev:\n    kind: evaluate\n    network: n.pkl\n"
+        "    dataset: d.zip\n    metrics: [fid]\n    feature_extractor: demo\n    dish: {bins: 1}\n"
+    )
+    with pytest.raises(SpecError) as err:
+        load_spec(job)
+    text = str(err.value)
+    assert f"{job}:10:" in text and "dish.bins" in text
+
+
+def test_dish_range_must_be_ordered() -> None:
+    with pytest.raises(ValueError, match="low < high"):
+        EvaluateStage.model_validate({"kind": "evaluate", "network": "/n", "dataset": "/d", "metrics": ["dish"],
+                                      "severity_model": "demo", "dish": {"range": [1.0, 0.0]}})
+
+
+def test_a_metric_listed_twice_is_refused() -> None:
+    with pytest.raises(ValueError, match="twice"):
+        EvaluateStage.model_validate({"kind": "evaluate", "network": "/n", "dataset": "/d", "metrics": ["kid", "kid"],
+                                      "feature_extractor": "demo"})
+
+
+# -- what it computes ----------------------------------------------------------------------
+
+def test_records_every_metric_and_a_report(store: ObjectStore, tmp_path: Path, net32: Path,
+                                           tiny_dataset: Path) -> None:
+    record = run_stage(make_cfg(net32, tiny_dataset), make_ctx(store, tmp_path))
+    values = record["metrics"]
+    assert sorted(values) == sorted(ALL)
+    assert all(math.isfinite(v) for v in values.values())
+    assert values["fid"] > 0  # a random network is far from the real images
+    assert values["ppl"] > 0
+    assert 0 <= values["dish"] <= 1  # Jensen-Shannon in bits
+    assert record["generated"] == {"images": 20, "first_seed": 0, "truncation_psi": 1.0}
+    assert record["dataset"]["images"] == 12
+    assert set(record["models"]) == {"feature_extractor", "lpips", "severity_model"}
+    assert sum(record["dish"]["real_hist"]) == pytest.approx(1) and len(record["dish"]["real_hist"]) == 20
+    assert record["resumed"] is False
+    png = Image.open(io.BytesIO(store.get_bytes("runs/r/stages/evaluate/report.png")))
+    assert png.format == "PNG" and png.size[0] > 3 * png.size[1] // 2  # three panels side by side
+    assert not store.exists("runs/r/stages/evaluate/progress.npz")  # done: no progress left behind
+
+
+def test_fid_matches_the_metric_functions(tmp_path: Path, net32: Path, tiny_dataset: Path) -> None:
+    """The stage's FID/KID are those of the images it says it evaluated (seeds 0..N-1)."""
+    import torch
+
+    from cleftgan_hpc.data.dataset import Dataset
+    from cleftgan_hpc.metrics import fid_kid, load_feature_extractor, save_tiny_extractor, uint8_batches
+    from cleftgan_hpc.metrics.cache import FeatureStats
+    from cleftgan_hpc.synthesis.generate import generate_batch, load_generator
+
+    store = LocalStore(tmp_path / "store")
+    record = run_stage(make_cfg(net32, tiny_dataset, metrics=["fid", "kid"]), make_ctx(store, tmp_path))
+    save_tiny_extractor(tmp_path / "x.pt")
+    ext = load_feature_extractor(tmp_path / "x.pt")
+    real = ext.features(uint8_batches(iter(Dataset(tiny_dataset)), 8))
+    g = load_generator(net32)
+    fake_images = generate_batch(g, list(range(20)), [None] * 20, 1.0, None, "cpu")  # the synthesize stage's images
+    fake = ext.features([torch.from_numpy(fake_images).permute(0, 3, 1, 2).contiguous()])
+    expected = fid_kid(FeatureStats.from_features(real), fake, 10, 8, 0)
+    assert record["metrics"]["fid"] == pytest.approx(expected["fid"], rel=1e-6)
+    assert record["metrics"]["kid"] == pytest.approx(expected["kid"], rel=1e-6, abs=1e-9)
+
+
+def test_a_stopped_evaluation_resumes_to_the_same_numbers(tmp_path: Path, net32: Path, tiny_dataset: Path) -> None:
+    store = LocalStore(tmp_path / "store")
+    cfg = make_cfg(net32, tiny_dataset, num_images=40, ppl={"samples": 70}, save_every_s=1e-9, batch=4)
+    whole = run_stage(cfg, make_ctx(store, tmp_path, "whole"))
+
+    ctx = make_ctx(store, tmp_path, "stopped")
+    calls = {"n": 0}
+
+    def stop_after_a_while() -> bool:  # stops in the middle of the image pass, then of the PPL pass
+        calls["n"] += 1
+        return calls["n"] in (4, 14)
+
+    ctx.should_stop = stop_after_a_while  # type: ignore[method-assign]
+    from cleftgan_hpc.stages.evaluate import run
+
+    with pytest.raises(StopRequested):
+        run(cfg, ctx)
+    saved = ctx.key("progress.npz")
+    assert store.exists(saved)
+    with np.load(io.BytesIO(store.get_bytes(saved))) as npz:
+        assert 0 < len(npz["features"]) < 40 and "path_lengths" not in npz.files
+    with pytest.raises(StopRequested):
+        run(cfg, ctx)
+    with np.load(io.BytesIO(store.get_bytes(saved))) as npz:
+        assert len(npz["features"]) == 40 and 0 < len(npz["path_lengths"]) < 70
+    resumed = run_stage(cfg, ctx)
+    assert resumed["resumed"] is True
+    assert resumed["metrics"] == whole["metrics"]  # exactly: every sample is a pure function of its index
+
+
+def test_progress_of_other_options_is_not_reused(tmp_path: Path, net32: Path, tiny_dataset: Path) -> None:
+    from cleftgan_hpc.metrics.partial import PartialResults
+
+    store = LocalStore(tmp_path / "store")
+    ctx = make_ctx(store, tmp_path)
+    stale = PartialResults(store, ctx.key("progress.npz"), "another network or psi")
+    stale.extend("features", np.zeros((20, 64), dtype=np.float32))
+    stale.save()
+    record = run_stage(make_cfg(net32, tiny_dataset, metrics=["fid"]), ctx)
+    assert record["resumed"] is False and record["metrics"]["fid"] > 0
+
+
+def test_conditional_network_needs_fitting_labels(tmp_path: Path, tiny_dataset: Path) -> None:
+    from cleftgan_hpc.stages.evaluate import label_rows
+
+    rows = label_rows(np.array([0, 2, 1]), 3)
+    assert rows is not None and rows.tolist() == [[1, 0, 0], [0, 0, 1], [0, 1, 0]]
+    assert label_rows(None, 0) is None
+    with pytest.raises(CleftGanError, match="no labels"):
+        label_rows(None, 3)
+    with pytest.raises(CleftGanError, match="0..1"):
+        label_rows(np.array([0, 2]), 2)
+    with pytest.raises(CleftGanError, match="width 2"):
+        label_rows(np.zeros((4, 2), dtype=np.float32), 3)
+
+
+def test_conditional_network_end_to_end(tmp_path: Path, tiny_dataset: Path) -> None:
+    """tiny_dataset has labels 0..2: a 3-class generator is evaluated with real labels drawn per seed."""
+    import torch
+
+    from cleftgan_hpc.model import Generator, Network, save_checkpoint
+
+    torch.manual_seed(5)
+    g = Generator(16, 3, 16, 32, 3, channel_base=256, channel_max=16, num_fp16_res=0)
+    net = tmp_path / "cond.safetensors"
+    save_checkpoint(Network(G=g, G_ema=g), net)
+    cfg = make_cfg(net, tiny_dataset, metrics=["kid", "ppl"])
+    record = run_stage(cfg, make_ctx(LocalStore(tmp_path / "s"), tmp_path))
+    assert record["network"]["c_dim"] == 3
+    assert math.isfinite(record["metrics"]["kid"]) and record["metrics"]["ppl"] > 0
+    assert json.dumps(record)  # JSON-safe throughout
