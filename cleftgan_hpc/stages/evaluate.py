@@ -130,7 +130,7 @@ def run(cfg: EvaluateStage, ctx: StageContext) -> dict[str, str]:
     models = load_models(cfg, ctx, device)
     wanted = set(cfg.metrics)
     partial = PartialResults(
-        ctx.store, ctx.key("progress.npz"), identity_of(cfg, network_path, dataset_path, models), cfg.save_every_s
+        ctx.store, ctx.key("progress"), identity_of(cfg, network_path, dataset_path, models), cfg.save_every_s
     )
     if partial.resumed:
         ctx.log.info(

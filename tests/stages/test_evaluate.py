@@ -111,7 +111,7 @@ def test_records_every_metric_and_a_report(store: ObjectStore, tmp_path: Path, n
     assert record["resumed"] is False
     png = Image.open(io.BytesIO(store.get_bytes("runs/r/stages/evaluate/report.png")))
     assert png.format == "PNG" and png.size[0] > 3 * png.size[1] // 2  # three panels side by side
-    assert not store.exists("runs/r/stages/evaluate/progress.npz")  # done: no progress left behind
+    assert not list(store.list("runs/r/stages/evaluate/progress/"))  # done: no progress left behind
 
 
 def test_fid_matches_the_metric_functions(tmp_path: Path, net32: Path, tiny_dataset: Path) -> None:
@@ -153,17 +153,25 @@ def test_a_stopped_evaluation_resumes_to_the_same_numbers(tmp_path: Path, net32:
 
     with pytest.raises(StopRequested):
         run(cfg, ctx)
-    saved = ctx.key("progress.npz")
-    assert store.exists(saved)
-    with np.load(io.BytesIO(store.get_bytes(saved))) as npz:
-        assert 0 < len(npz["features"]) < 40 and "path_lengths" not in npz.files
+    rows = _saved_rows(store, ctx.key("progress"))
+    assert 0 < rows["features"] < 40 and "path_lengths" not in rows
     with pytest.raises(StopRequested):
         run(cfg, ctx)
-    with np.load(io.BytesIO(store.get_bytes(saved))) as npz:
-        assert len(npz["features"]) == 40 and 0 < len(npz["path_lengths"]) < 70
+    rows = _saved_rows(store, ctx.key("progress"))
+    assert rows["features"] == 40 and 0 < rows["path_lengths"] < 70
     resumed = run_stage(cfg, ctx)
     assert resumed["resumed"] is True
     assert resumed["metrics"] == whole["metrics"]  # exactly: every sample is a pure function of its index
+
+
+def _saved_rows(store: ObjectStore, prefix: str) -> dict[str, int]:
+    """Rows per series in the saved progress segments."""
+    rows: dict[str, int] = {}
+    for info in store.list(prefix + "/"):
+        name = info.key.rsplit("/", 1)[1].rsplit("-", 1)[0]
+        with np.load(io.BytesIO(store.get_bytes(info.key))) as npz:
+            rows[name] = rows.get(name, 0) + len(npz["rows"])
+    return rows
 
 
 def test_progress_of_other_options_is_not_reused(tmp_path: Path, net32: Path, tiny_dataset: Path) -> None:
@@ -171,7 +179,7 @@ def test_progress_of_other_options_is_not_reused(tmp_path: Path, net32: Path, ti
 
     store = LocalStore(tmp_path / "store")
     ctx = make_ctx(store, tmp_path)
-    stale = PartialResults(store, ctx.key("progress.npz"), "another network or psi")
+    stale = PartialResults(store, ctx.key("progress"), "another network or psi")
     stale.extend("features", np.zeros((20, 64), dtype=np.float32))
     stale.save()
     record = run_stage(make_cfg(net32, tiny_dataset, metrics=["fid"]), ctx)
@@ -207,3 +215,25 @@ def test_conditional_network_end_to_end(tmp_path: Path, tiny_dataset: Path) -> N
     assert record["network"]["c_dim"] == 3
     assert math.isfinite(record["metrics"]["kid"]) and record["metrics"]["ppl"] > 0
     assert json.dumps(record)  # JSON-safe throughout
+
+
+@pytest.mark.slow
+def test_a_job_with_an_evaluate_stage_runs_on_the_local_backend(tmp_path: Path, net32: Path,
+                                                                tiny_dataset: Path) -> None:
+    """Through the real runner: spec -> plan -> local backend -> stage process -> the store."""
+    import subprocess
+    import sys
+
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        f"name: ev\nstore: file://./store\nresources: {{cpus_per_task: 1}}\nstages:\n"
+        f"  judge:\n    kind: evaluate\n    network: {net32}\n    dataset: {tiny_dataset}\n"
+        f"    metrics: [kid, dish]\n    num_images: 16\n    feature_extractor: demo\n    severity_model: demo\n"
+        f"    kid_subset_size: 8\n"
+    )
+    proc = subprocess.run([sys.executable, "-m", "cleftgan_hpc.cli", "run", str(job), "--run", "ev-1"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    record = json.loads((tmp_path / "store/runs/ev-1/stages/judge/metrics.json").read_text())
+    assert set(record["metrics"]) == {"kid", "dish"}
+    assert (tmp_path / "store/runs/ev-1/stages/judge/report.png").stat().st_size > 1000
