@@ -114,24 +114,36 @@ class FeatureExtractor:
         return np.concatenate(feats).astype(np.float32, copy=False)
 
 
-def load_feature_extractor(path: str | Path, device: str | torch.device = "cpu") -> FeatureExtractor:
-    """Load a TorchScript feature extractor from ``path`` (never downloads)."""
+def load_scripted(
+    path: str | Path, device: str | torch.device, *, what: str, staging_help: str, expected: str
+) -> tuple[torch.nn.Module, str, Path, torch.device]:
+    """Load a user-staged TorchScript file (never downloads; nothing in it is unpickled as Python):
+    (module in eval mode on ``device``, its digest, its path, the device). A missing or wrong file
+    is a CleftGanError that names it as ``what`` and says how to stage it (``staging_help``) or
+    what was expected."""
     p = Path(path).expanduser()
     if not p.is_file():
-        what = "is a directory, not a file" if p.is_dir() else "does not exist"
-        raise CleftGanError(f"feature extractor {p} {what}.\n{STAGING_HELP}")
+        state = "is a directory, not a file" if p.is_dir() else "does not exist"
+        raise CleftGanError(f"{what} {p} {state}.\n{staging_help}")
     dev = torch.device(device)
     try:
         with _quiet_jit():
             module = torch.jit.load(str(p), map_location=dev)
     except (RuntimeError, ValueError, OSError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CleftGanError(
-            f"feature extractor {p} is not a TorchScript file ({first}). Expected a file such as "
-            f"{INCEPTION_FILENAME} from {INCEPTION_URL} (the .pkl variant is not supported)."
-        ) from e
+        raise CleftGanError(f"{what} {p} is not a TorchScript file ({first}). {expected}") from e
     module.eval()
-    return FeatureExtractor(module, digest=extractor_digest(p), path=str(p), device=dev)
+    return module, extractor_digest(p), p, dev
+
+
+def load_feature_extractor(path: str | Path, device: str | torch.device = "cpu") -> FeatureExtractor:
+    """Load a TorchScript feature extractor from ``path`` (never downloads)."""
+    module, digest, p, dev = load_scripted(
+        path, device, what="feature extractor", staging_help=STAGING_HELP,
+        expected=f"Expected a file such as {INCEPTION_FILENAME} from {INCEPTION_URL} (the .pkl variant is not "
+        "supported).",
+    )
+    return FeatureExtractor(module, digest=digest, path=str(p), device=dev)
 
 
 def images_to_uint8(images: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from cleftgan_hpc.errors import CleftGanError
-from cleftgan_hpc.metrics.features import _quiet_jit, extractor_digest, random_conv, save_scripted
+from cleftgan_hpc.metrics.features import load_scripted, random_conv, save_scripted
 
 LPIPS_FILENAME = "vgg16.pt"
 LPIPS_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/vgg16.pt"
@@ -73,22 +73,11 @@ class LPIPSNet:
 
 def load_lpips(path: str | Path, device: str | torch.device = "cpu") -> LPIPSNet:
     """Load a TorchScript LPIPS network from ``path`` (never downloads)."""
-    p = Path(path).expanduser()
-    if not p.is_file():
-        what = "is a directory, not a file" if p.is_dir() else "does not exist"
-        raise CleftGanError(f"LPIPS network {p} {what}.\n{LPIPS_STAGING_HELP}")
-    dev = torch.device(device)
-    try:
-        with _quiet_jit():
-            module = torch.jit.load(str(p), map_location=dev)
-    except (RuntimeError, ValueError, OSError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CleftGanError(
-            f"LPIPS network {p} is not a TorchScript file ({first}). Expected a file such as "
-            f"{LPIPS_FILENAME} from {LPIPS_URL}."
-        ) from e
-    module.eval()
-    return LPIPSNet(module, digest=extractor_digest(p), path=str(p), device=dev)
+    module, digest, p, dev = load_scripted(
+        path, device, what="LPIPS network", staging_help=LPIPS_STAGING_HELP,
+        expected=f"Expected a file such as {LPIPS_FILENAME} from {LPIPS_URL}.",
+    )
+    return LPIPSNet(module, digest=digest, path=str(p), device=dev)
 
 
 class TinyLPIPS(torch.nn.Module):

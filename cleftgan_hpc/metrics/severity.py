@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from cleftgan_hpc.errors import CleftGanError
-from cleftgan_hpc.metrics.features import _quiet_jit, extractor_digest, save_scripted
+from cleftgan_hpc.metrics.features import load_scripted, save_scripted
 
 STAGING_HELP = (
     "Severity models are never downloaded: stage the TorchScript file yourself (copy it to storage "
@@ -109,22 +109,12 @@ class SeverityModel:
 
 def load_severity_model(path: str | Path, device: str | torch.device = "cpu") -> SeverityModel:
     """Load a TorchScript severity model from ``path`` (never downloads)."""
-    p = Path(path).expanduser()
-    if not p.is_file():
-        what = "is a directory, not a file" if p.is_dir() else "does not exist"
-        raise CleftGanError(f"severity model {p} {what}.\n{STAGING_HELP}")
-    dev = torch.device(device)
-    try:
-        with _quiet_jit():
-            module = torch.jit.load(str(p), map_location=dev)
-    except (RuntimeError, ValueError, OSError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CleftGanError(
-            f"severity model {p} is not a TorchScript file ({first}). Save the model with "
-            f"torch.jit.save(torch.jit.script(model), path) (pickles and state dicts are not supported)."
-        ) from e
-    module.eval()
-    return SeverityModel(module, digest=extractor_digest(p), path=str(p), device=dev)
+    module, digest, p, dev = load_scripted(
+        path, device, what="severity model", staging_help=STAGING_HELP,
+        expected="Save the model with torch.jit.save(torch.jit.script(model), path) (pickles and state dicts "
+        "are not supported).",
+    )
+    return SeverityModel(module, digest=digest, path=str(p), device=dev)
 
 
 class DemoSeverity(torch.nn.Module):
