@@ -78,33 +78,49 @@ def extractor_digest(path: str | Path) -> str:
         return "file-" + h.hexdigest()
 
 
-class FeatureExtractor:
-    """A loaded extractor: ``extractor(images_uint8) -> features`` [N, D] float32."""
+class ScriptedModel:
+    """A loaded user-staged TorchScript network (Inception, LPIPS, a severity scorer)."""
+
+    what = "model"  # how errors name it
 
     def __init__(self, module: torch.nn.Module, *, digest: str, path: str, device: torch.device) -> None:
         self.module = module
-        self.digest = digest  # identifies the network in feature-cache keys
+        self.digest = digest  # identifies the network: feature-cache keys, evaluation records
         self.path = path
         self.device = device
 
     def __repr__(self) -> str:
-        return f"FeatureExtractor({self.path!r}, digest={self.digest[:15]}...)"
+        return f"{type(self).__name__}({self.path!r}, digest={self.digest[:15]}...)"
+
+    def rgb(self, images: torch.Tensor, *, uint8: bool) -> torch.Tensor:
+        """``images`` [N, 1 or 3, H, W] checked (uint8, or float in [0, 255]) and made RGB."""
+        dtype_ok = images.dtype == torch.uint8 if uint8 else images.is_floating_point()
+        if not dtype_ok or images.ndim != 4 or images.shape[1] not in (1, 3):
+            kind = "uint8 images" if uint8 else "float images (0..255)"
+            raise CleftGanError(
+                f"{self.what} expects {kind} [N, 1 or 3, H, W], got {images.dtype} {tuple(images.shape)}"
+                + (" (convert with images_to_uint8)" if uint8 else "")
+            )
+        return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images  # grey to RGB, as the reference
+
+    def check_features(self, out: object, n: int) -> torch.Tensor:
+        """The module's output, which must be [n, D] features, as float32."""
+        if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != n:
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise CleftGanError(f"{self.what} {self.path} returned {shape}, expected [N, D] features")
+        return out.float()
+
+
+class FeatureExtractor(ScriptedModel):
+    """A loaded extractor: ``extractor(images_uint8) -> features`` [N, D] float32."""
+
+    what = "feature extractor"
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 [N, C, H, W] with C in (1, 3) -> float32 [N, D] on the extractor's device."""
-        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] not in (1, 3):
-            raise CleftGanError(
-                f"feature extractor expects uint8 images [N, 1 or 3, H, W], got {images.dtype} "
-                f"{tuple(images.shape)} (convert with images_to_uint8)"
-            )
-        if images.shape[1] == 1:
-            images = images.expand(-1, 3, -1, -1)  # grey to RGB, as the reference does
-        out = self.module(images.to(self.device), return_features=True)
-        if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != images.shape[0]:
-            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise CleftGanError(f"feature extractor {self.path} returned {shape}, expected [N, D] features")
-        return out.float()
+        images = self.rgb(images, uint8=True)
+        return self.check_features(self.module(images.to(self.device), return_features=True), images.shape[0])
 
     def features(self, batches: Iterable[torch.Tensor]) -> np.ndarray:
         """Features of every image in ``batches`` (uint8 [n, C, H, W] each) as float32 [N, D]."""

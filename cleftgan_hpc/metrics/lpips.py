@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from cleftgan_hpc.errors import CleftGanError
-from cleftgan_hpc.metrics.features import load_scripted, random_conv, save_scripted
+from cleftgan_hpc.metrics.features import ScriptedModel, load_scripted, random_conv, save_scripted
 
 LPIPS_FILENAME = "vgg16.pt"
 LPIPS_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/vgg16.pt"
@@ -35,33 +35,17 @@ LPIPS_STAGING_HELP = (
 )
 
 
-class LPIPSNet:
+class LPIPSNet(ScriptedModel):
     """A loaded LPIPS network: ``features(images) -> [N, D]``, ``distance(a, b) -> [N]``."""
 
-    def __init__(self, module: torch.nn.Module, *, digest: str, path: str, device: torch.device) -> None:
-        self.module = module
-        self.digest = digest  # identifies the network, as extractor digests do for FID/KID
-        self.path = path
-        self.device = device
-
-    def __repr__(self) -> str:
-        return f"LPIPSNet({self.path!r}, digest={self.digest[:15]}...)"
+    what = "LPIPS network"
 
     @torch.no_grad()
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Float [N, C, H, W] in [0, 255], C in (1, 3) -> float32 [N, D] on the network's device."""
-        if not images.is_floating_point() or images.ndim != 4 or images.shape[1] not in (1, 3):
-            raise CleftGanError(
-                f"LPIPS network expects float images [N, 1 or 3, H, W] in [0, 255], got {images.dtype} "
-                f"{tuple(images.shape)}"
-            )
-        if images.shape[1] == 1:
-            images = images.expand(-1, 3, -1, -1)  # grey to RGB: the network takes colour images
+        images = self.rgb(images, uint8=False)
         out = self.module(images.to(self.device, torch.float32), resize_images=False, return_lpips=True)
-        if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != images.shape[0]:
-            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise CleftGanError(f"LPIPS network {self.path} returned {shape}, expected [N, D] features")
-        return out.float()
+        return self.check_features(out, images.shape[0])
 
     def distance(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """LPIPS distance [N] between image batches ``a`` and ``b`` (float [N, C, H, W] in [0, 255])."""

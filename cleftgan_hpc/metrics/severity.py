@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from cleftgan_hpc.errors import CleftGanError
-from cleftgan_hpc.metrics.features import load_scripted, save_scripted
+from cleftgan_hpc.metrics.features import ScriptedModel, load_scripted, save_scripted
 
 STAGING_HELP = (
     "Severity models are never downloaded: stage the TorchScript file yourself (copy it to storage "
@@ -53,28 +53,15 @@ DEMO_REF_COLS = (12, 13, 18, 19)  # four columns, as DemoSeverity's forward adds
 DEMO_FULL_CONTRAST = 0.4
 
 
-class SeverityModel:
+class SeverityModel(ScriptedModel):
     """A loaded severity model: ``model.scores(images_uint8) -> float64 [N]``."""
 
-    def __init__(self, module: torch.nn.Module, *, digest: str, path: str, device: torch.device) -> None:
-        self.module = module
-        self.digest = digest  # identifies the model, e.g. in cache keys and metric reports
-        self.path = path
-        self.device = device
-
-    def __repr__(self) -> str:
-        return f"SeverityModel({self.path!r}, digest={self.digest[:15]}...)"
+    what = "severity model"
 
     @torch.no_grad()
     def scores(self, images: torch.Tensor) -> np.ndarray:
         """uint8 [N, C, H, W] with C in (1, 3) -> float64 scores [N] (higher = more severe)."""
-        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] not in (1, 3):
-            raise CleftGanError(
-                f"severity model expects uint8 images [N, 1 or 3, H, W], got {images.dtype} "
-                f"{tuple(images.shape)} (convert with images_to_uint8)"
-            )
-        if images.shape[1] == 1:
-            images = images.expand(-1, 3, -1, -1)  # grey to RGB, as for the feature extractors
+        images = self.rgb(images, uint8=True)
         n = images.shape[0]
         try:
             out = self.module(images.to(self.device))
