@@ -320,3 +320,56 @@ def test_hostile_values_are_data_not_commands(tmp_path: Path) -> None:
     assert f"$(touch {canary}4); touch {canary}5 && touch {canary}6 | cat > {canary}7" in out  # echoed literally
     assert f"`touch {canary}8` {jid}" in out  # $NAME expands, nothing else does
     assert Path(read_record(run, "faces")["folder"]).parent.parent == weird
+
+
+EVALUATE = """
+judge:
+  kind: evaluate
+  network: {network}
+  dataset: {dataset}
+  metrics: [kid, ppl, dish]
+  num_images: 1500
+  batch: 8
+  feature_extractor: demo
+  lpips: demo
+  severity_model: demo
+  ppl: {{samples: 300}}
+  kid_subset_size: 12
+  save_every_s: 0.2
+"""
+
+
+def test_preempted_evaluation_resumes_and_matches_an_uninterrupted_run(tmp_path: Path, tiny_dataset: Path) -> None:
+    import json
+
+    import torch
+
+    from cleftgan_hpc.model import Generator, Network, save_checkpoint
+
+    torch.manual_seed(4)
+    g = Generator(16, 0, 16, 32, 3, channel_base=256, channel_max=16, num_fp16_res=0)
+    network = tmp_path / "g.safetensors"
+    save_checkpoint(Network(G=g, G_ema=g), network)
+    body = EVALUATE.format(network=network, dataset=tiny_dataset)
+    (tmp_path / "ref").mkdir()
+    reference = submit(write_spec(tmp_path / "ref", body))
+    wait_idle(reference, ["judge"], timeout=300)
+    assert reference.status("judge").state == "done", reference.status("judge").error
+
+    run = submit(write_spec(tmp_path, body))
+    deadline = time.monotonic() + 120
+    while not list(run.store.list(run.key("judge", "progress/"))):  # some progress is saved
+        assert time.monotonic() < deadline, log_text(run, "judge")[-3000:]
+        time.sleep(0.2)
+    high = slurm("sbatch", "--parsable", "-p", "high", "-c", "8", "--mem=1G", "-o", "/dev/null", "--wrap", "sleep 1").strip()
+    wait_idle(run, ["judge"], timeout=300)
+    assert sacct_state(high) == "COMPLETED"
+    st, text = run.status("judge"), log_text(run, "judge")
+    assert st.state == "done", (st.error, text[-3000:])
+    assert st.attempt == 2 and "resuming:" in text
+
+    def record(r: RunState) -> dict:
+        return json.loads(r.store.get_bytes(r.result("judge")["metrics"]))
+
+    assert record(run)["resumed"] is True and record(reference)["resumed"] is False
+    assert record(run)["metrics"] == record(reference)["metrics"]  # exactly the same numbers
