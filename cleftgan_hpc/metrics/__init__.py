@@ -2,7 +2,7 @@
 (severity histograms), and the saved progress a long evaluation resumes from."""
 
 from cleftgan_hpc.metrics.cache import FeatureStats, FeatureStatsCache
-from cleftgan_hpc.metrics.compute import fid_kid, generated_features, uint8_batches
+from cleftgan_hpc.metrics.compute import exact_fp32, fid_kid, generated_features, uint8_batches
 from cleftgan_hpc.metrics.dish import DishResult, dish
 from cleftgan_hpc.metrics.features import (
     FeatureExtractor,
@@ -28,6 +28,7 @@ __all__ = [
     "generated_features",
     "images_to_uint8",
     "dish",
+    "exact_fp32",
     "kid_from_features",
     "load_feature_extractor",
     "load_lpips",

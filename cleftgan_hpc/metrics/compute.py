@@ -1,7 +1,9 @@
-"""Glue for the training loop: features of a real set and of a generator, and FID/KID values."""
+"""Glue for the training loop and the evaluate stage: features of a real set and of a generator,
+FID/KID values, and the full-precision math every measurement runs under."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
@@ -12,6 +14,19 @@ from cleftgan_hpc.metrics.cache import FeatureStats
 from cleftgan_hpc.metrics.features import FeatureExtractor, images_to_uint8
 from cleftgan_hpc.metrics.fid import feature_mean_cov, fid_from_features, frechet_distance
 from cleftgan_hpc.metrics.kid import kid_from_features
+
+
+@contextlib.contextmanager
+def exact_fp32() -> Iterator[None]:
+    """No TF32 inside: on Ampere and newer GPUs PyTorch runs convolutions in TF32 by default (10
+    mantissa bits), which drowns PPL's 1e-4 step in rounding (the reference turns it off for
+    its metrics). The previous settings come back afterwards."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def uint8_batches(images: Iterable[np.ndarray], batch_size: int) -> Iterator[torch.Tensor]:

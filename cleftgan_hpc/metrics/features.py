@@ -34,9 +34,9 @@ TINY_FEATURE_DIM = 64
 STAGING_HELP = (
     f"Feature extractors are never downloaded at run time. Stage the standard one once, on a machine "
     f"with internet access:\n    curl -fLo {INCEPTION_FILENAME} {INCEPTION_URL}\n"
-    f"then copy it to storage the job can read (a shared filesystem path, or the object store and "
-    f"fetch it to a local path) and name that path in the stage's metrics settings. For tests and "
-    f"demos, `cleftgan_hpc.metrics.features.save_tiny_extractor(path)` writes a small stand-in."
+    f"then copy it to storage the job can read (a shared filesystem path, or the job's store as "
+    f"store:KEY) and name it in `feature_extractor:` (finetune or evaluate). 'demo' there uses our small "
+    f"stand-in (tests and demos; `cleftgan_hpc.metrics.features.save_tiny_extractor(path)` writes it)."
 )
 
 

@@ -29,9 +29,9 @@ TINY_LPIPS_SEED = 20251127  # the project's tiny LPIPS: weights drawn from torch
 LPIPS_STAGING_HELP = (
     f"LPIPS networks are never downloaded at run time. Stage the standard one once, on a machine "
     f"with internet access:\n    curl -fLo {LPIPS_FILENAME} {LPIPS_URL}\n"
-    f"then copy it to storage the job can read (a shared filesystem path, or the object store and "
-    f"fetch it to a local path) and name that path in the stage's metrics settings. For tests and "
-    f"demos, `cleftgan_hpc.metrics.lpips.save_tiny_lpips(path)` writes a small stand-in."
+    f"then copy it to storage the job can read (a shared filesystem path, or the job's store as "
+    f"store:KEY) and name it in the evaluate stage's `lpips:`. 'demo' there uses our small "
+    f"stand-in (tests and demos; `cleftgan_hpc.metrics.lpips.save_tiny_lpips(path)` writes it)."
 )
 
 

@@ -78,11 +78,13 @@ def _draws(
 
 
 def _prepare(images: torch.Tensor, crop: bool) -> torch.Tensor:
-    """Generator output in [-1, 1] -> cropped, downsampled and scaled to [0, 255] for LPIPS."""
+    """Generator output in [-1, 1] -> cropped, downsampled and scaled to [0, 255] for LPIPS.
+    The downsampling factor comes from the full image size, crop or not (the convention: a
+    1024 px network is measured at 1024 / 4, so its crop at 128 px)."""
+    factor = images.shape[2] // LPIPS_MAX_RESOLUTION
     if crop:
         c = images.shape[2] // 8
         images = images[:, :, c * 3 : c * 7, c * 2 : c * 6]
-    factor = images.shape[2] // LPIPS_MAX_RESOLUTION
     if factor > 1:
         images = F.avg_pool2d(images, factor)  # box filter: each output pixel is a block mean
     return (images + 1) * (255 / 2)
@@ -154,14 +156,19 @@ def path_lengths(
     return out
 
 
-def ppl_from_lengths(lengths: np.ndarray) -> float:
-    """PPL: the mean of the lengths within [1st percentile ("lower"), 99th percentile ("higher")]."""
+def kept_range(lengths: np.ndarray) -> tuple[float, float]:
+    """The lengths PPL averages: [1st percentile ("lower"), 99th percentile ("higher")]."""
     x = np.asarray(lengths, dtype=np.float64)
     if x.ndim != 1 or len(x) < 2:
         raise CleftGanError(f"PPL needs a 1-D array of at least 2 path lengths, got shape {list(x.shape)}")
     if not np.isfinite(x).all():
         bad = int((~np.isfinite(x)).sum())
         raise CleftGanError(f"{bad} of {len(x)} path lengths are NaN or infinite (the generator diverged?)")
-    lo = np.percentile(x, 1, method="lower")
-    hi = np.percentile(x, 99, method="higher")
+    return float(np.percentile(x, 1, method="lower")), float(np.percentile(x, 99, method="higher"))
+
+
+def ppl_from_lengths(lengths: np.ndarray) -> float:
+    """PPL: the mean of the lengths within ``kept_range``."""
+    lo, hi = kept_range(lengths)
+    x = np.asarray(lengths, dtype=np.float64)
     return float(x[(x >= lo) & (x <= hi)].mean())

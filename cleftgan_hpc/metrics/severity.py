@@ -24,7 +24,8 @@ from cleftgan_hpc.metrics.features import ScriptedModel, load_scripted, save_scr
 
 STAGING_HELP = (
     "Severity models are never downloaded: stage the TorchScript file yourself (copy it to storage "
-    "the job can read and name that path in the stage's metrics settings). It is called as "
+    "the job can read, or the job's store as store:KEY, and name it in the evaluate stage's "
+    "`severity_model:`). It is called as "
     "model(images) with uint8 images [N, 3, H, W] and returns float scores [N] or [N, 1], higher "
     "meaning more severe. For tests and demos, "
     "`cleftgan_hpc.metrics.severity.save_demo_severity_model(path)` writes a toy scorer for the "

@@ -32,7 +32,6 @@ from cleftgan_hpc.stages.context import StageContext, StopRequested
 from cleftgan_hpc.storage.base import sha256_file
 
 GRID_IMAGES = 16
-LABEL_STREAM = 0x6C61  # as synthesis: the class of seed s comes from default_rng([s, LABEL_STREAM])
 
 
 @dataclass
@@ -83,7 +82,7 @@ def label_rows(labels: np.ndarray | None, c_dim: int) -> np.ndarray | None:
         return None
     if labels is None:
         raise CleftGanError(f"the network is conditional ({c_dim} classes) but the dataset has no labels")
-    if labels.dtype.kind in "iu":
+    if labels.dtype.kind in "iu" and labels.ndim == 1:  # class indices; 2-D integer labels are rows already
         if labels.min() < 0 or labels.max() >= c_dim:
             raise CleftGanError(f"dataset labels span {labels.min()}..{labels.max()}; the network has 0..{c_dim - 1}")
         return np.eye(c_dim, dtype=np.float32)[labels]
@@ -97,6 +96,7 @@ def label_rows(labels: np.ndarray | None, c_dim: int) -> np.ndarray | None:
 def generate(G: Any, seeds: range, labels: np.ndarray | None, psi: float, device: str) -> torch.Tensor:
     """uint8 [N, C, H, W] images of ``seeds``; a conditional net gets a real label drawn per seed."""
     from cleftgan_hpc.model.generate import seed_to_z, to_uint8
+    from cleftgan_hpc.synthesis.generate import LABEL_STREAM  # a label per seed, drawn as synthesis draws one
 
     z = torch.from_numpy(np.concatenate([seed_to_z(s, G.z_dim) for s in seeds])).float().to(device)
     c = None
@@ -107,14 +107,63 @@ def generate(G: Any, seeds: range, labels: np.ndarray | None, psi: float, device
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
 
 
-def identity_of(cfg: EvaluateStage, network: Path, dataset: Path, models: Models) -> str:
-    """What the saved progress belongs to: another network, dataset, model or option starts afresh."""
-    config = cfg.model_dump(mode="json", exclude={"save_every_s", "needs", "resources", "network", "dataset"})
-    blob = {"network": sha256_file(network), "dataset": sha256_file(dataset), "models": models.digests(), **config}
-    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
+def series_identities(
+    cfg: EvaluateStage, network_sha: str, labels: np.ndarray | None, models: Models
+) -> dict[str, str]:
+    """For each saved series, a digest of everything its rows depend on, so that progress made for
+    another network, model or option is never reused and a change to one series keeps the
+    others' work (num_images, ppl.samples and the reductions to numbers are not in it)."""
+    images = {
+        "network": network_sha, "first_seed": cfg.first_seed, "psi": cfg.truncation_psi, "batch": cfg.batch,
+        "labels": None if labels is None else hashlib.sha256(labels.tobytes()).hexdigest(),
+    }
+    parts = {
+        "features": {**images, "extractor": models.extractor.digest if models.extractor else None},
+        "severity": {**images, "severity": models.severity.digest if models.severity else None},
+        "path_lengths": {
+            "network": network_sha, "labels": images["labels"], "batch": cfg.batch, "seed": cfg.seed,
+            "lpips": models.lpips.digest if models.lpips else None, **cfg.ppl.model_dump(exclude={"samples"}),
+        },
+    }
+    return {k: hashlib.sha256(json.dumps(v, sort_keys=True).encode()).hexdigest() for k, v in parts.items()}
+
+
+def resume_point(partial: PartialResults, names: list[str], total: int, step: int) -> int:
+    """Where series computed together go on: the shortest one's length, down to a multiple of
+    ``step`` (so batches start at the samples an uninterrupted run starts them at), at most
+    ``total``; longer series are cut back to it."""
+    start = min(min(partial.done(n) for n in names), total)
+    if start < total:
+        start -= start % step
+    for n in names:
+        partial.truncate(n, start)
+    return start
+
+
+def check_images_match(G: Any, real: Any, log: Any) -> dict[str, int]:
+    """Refuse a network whose images cannot be compared with the dataset's; warn when only the
+    size differs (the measuring networks resize, but the comparison is then less meaningful)."""
+    if G.img_channels != real.channels:
+        raise CleftGanError(
+            f"the network makes {G.img_channels}-channel images, the dataset has {real.channels}: "
+            "evaluate it against a dataset of its own kind"
+        )
+    if G.img_resolution != real.resolution:
+        log.warning(
+            f"the network makes {G.img_resolution}px images, the dataset's are {real.resolution}px: "
+            "the measuring networks resize both, but the numbers are not those of a like-for-like comparison"
+        )
+    return {"network_px": int(G.img_resolution), "dataset_px": int(real.resolution)}
 
 
 def run(cfg: EvaluateStage, ctx: StageContext) -> dict[str, str]:
+    from cleftgan_hpc.metrics.compute import exact_fp32
+
+    with exact_fp32():  # TF32 would swamp PPL's small steps and shift FID
+        return _run(cfg, ctx)
+
+
+def _run(cfg: EvaluateStage, ctx: StageContext) -> dict[str, str]:
     from cleftgan_hpc.data.dataset import Dataset
     from cleftgan_hpc.metrics.cache import FeatureStatsCache
     from cleftgan_hpc.metrics.compute import fid_kid, uint8_batches
@@ -124,13 +173,15 @@ def run(cfg: EvaluateStage, ctx: StageContext) -> dict[str, str]:
     t0 = time.monotonic()
     device = ctx.device
     network_path, dataset_path = ctx.fetch(cfg.network), ctx.fetch(cfg.dataset)
+    network_sha, dataset_sha = sha256_file(network_path), sha256_file(dataset_path)
     G = load_generator(network_path, device)
     real = Dataset(dataset_path)
+    sizes = check_images_match(G, real, ctx.log)
     labels = label_rows(real.labels, G.c_dim)
     models = load_models(cfg, ctx, device)
     wanted = set(cfg.metrics)
     partial = PartialResults(
-        ctx.store, ctx.key("progress"), identity_of(cfg, network_path, dataset_path, models), cfg.save_every_s
+        ctx.store, ctx.key("progress"), series_identities(cfg, network_sha, labels, models), cfg.save_every_s
     )
     if partial.resumed:
         ctx.log.info(
@@ -140,7 +191,6 @@ def run(cfg: EvaluateStage, ctx: StageContext) -> dict[str, str]:
 
     # -- the real set: Inception statistics (cached in the store, shared with finetune's snapshots)
     # and severity scores
-    dataset_sha = sha256_file(dataset_path)
     real_stats = None
     if models.extractor is not None:
         extractor = models.extractor
@@ -152,10 +202,10 @@ def run(cfg: EvaluateStage, ctx: StageContext) -> dict[str, str]:
     if models.severity is not None:
         real_scores = models.severity.scores_of(uint8_batches(iter(real), cfg.batch))
 
-    # -- pass 1: generated images -> features and severity scores
-    if models.extractor is not None or models.severity is not None:
-        # both series grow together and are saved together, so either one's length is the resume point
-        start = partial.done("features" if models.extractor is not None else "severity")
+    # -- pass 1: each batch of generated images is made once, for features and severity scores
+    series = [n for n, m in (("features", models.extractor), ("severity", models.severity)) if m is not None]
+    if series:
+        start = resume_point(partial, series, cfg.num_images, cfg.batch)
         progress = ctx.progress(cfg.num_images, "evaluate: generated images", "images")
         progress.update(start)
         for first in range(start, cfg.num_images, cfg.batch):
@@ -175,26 +225,32 @@ def run(cfg: EvaluateStage, ctx: StageContext) -> dict[str, str]:
         from cleftgan_hpc.metrics.ppl import PPLSettings, path_lengths
 
         settings = PPLSettings(cfg.ppl.epsilon, cfg.ppl.space, cfg.ppl.sampling, cfg.ppl.crop)
+        chunk = cfg.batch * 8  # pairs between saves
+        done = resume_point(partial, ["path_lengths"], cfg.ppl.samples, chunk)
         progress = ctx.progress(cfg.ppl.samples, "evaluate: PPL", "pairs")
-        done = partial.done("path_lengths")
         progress.update(done)
-        chunk = max(cfg.batch, 1) * 8  # between saves and stop checks
         while done < cfg.ppl.samples:
-            _stop_if_asked(ctx, partial)
             n = min(chunk, cfg.ppl.samples - done)
-            lengths = path_lengths(
-                G, models.lpips, n, settings, first=done, batch=cfg.batch, seed=cfg.seed, device=device,
-                labels=labels, on_samples=progress.update,
-            )
+            try:  # it checks for a stop request between batches: a chunk takes too long to wait for
+                lengths = path_lengths(
+                    G, models.lpips, n, settings, first=done, batch=cfg.batch, seed=cfg.seed, device=device,
+                    labels=labels, on_samples=progress.update, should_stop=ctx.should_stop,
+                )
+            except StopRequested:
+                partial.save()
+                raise
             partial.extend("path_lengths", lengths)
             partial.maybe_save()
             done += n
         progress.close()
     partial.save()  # everything computed: a crash while writing the report costs nothing
+    for name, total in (("features", cfg.num_images), ("severity", cfg.num_images), ("path_lengths", cfg.ppl.samples)):
+        if partial.done(name) not in (0, total):  # a bookkeeping bug must not pass as a result
+            raise CleftGanError(f"evaluate: {name} has {partial.done(name)} rows, expected {total}")
 
     # -- the numbers
     values: dict[str, float] = {}
-    details: dict[str, Any] = {}
+    details: dict[str, Any] = {"sizes": sizes}
     if real_stats is not None:
         fk = fid_kid(real_stats, partial.array("features"), cfg.kid_subsets, cfg.kid_subset_size, cfg.seed)
         values.update({k: float(fk[k]) for k in ("fid", "kid") if k in wanted})
@@ -218,7 +274,7 @@ def run(cfg: EvaluateStage, ctx: StageContext) -> dict[str, str]:
 
     record = {
         "metrics": values,
-        "network": {"source": cfg.network, "sha256": sha256_file(network_path), **network_info(G)},
+        "network": {"source": cfg.network, "sha256": network_sha, **network_info(G)},
         "dataset": {"source": cfg.dataset, "sha256": dataset_sha, "images": real.count},
         "generated": {"images": cfg.num_images, "first_seed": cfg.first_seed, "truncation_psi": cfg.truncation_psi},
         "models": models.digests(),
@@ -273,7 +329,9 @@ def report_png(values: dict[str, float], grid: torch.Tensor, dish_result: Any, l
     if lengths is not None:
         ax = axes[0][k]
         positive = lengths[lengths > 0]
-        lo, hi = np.percentile(lengths, 1, method="lower"), np.percentile(lengths, 99, method="higher")
+        from cleftgan_hpc.metrics.ppl import kept_range
+
+        lo, hi = kept_range(lengths)
         if len(positive) and positive.max() > positive.min():
             bins = np.geomspace(positive.min(), positive.max(), 40)
             ax.hist(positive, bins=bins)

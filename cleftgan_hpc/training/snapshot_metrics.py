@@ -13,6 +13,7 @@ import torch
 
 from cleftgan_hpc.metrics import (
     FeatureStatsCache,
+    exact_fp32,
     fid_kid,
     generated_features,
     load_feature_extractor,
@@ -81,6 +82,7 @@ class SnapshotMetrics:
                 c = self.data.labels[pick].to(self.device)
             return G(z, c)
 
-        feats = generated_features(self.extractor, generate, self.num_samples, self.batch)
+        with exact_fp32():
+            feats = generated_features(self.extractor, generate, self.num_samples, self.batch)
         values = fid_kid(self.real, feats, seed=self.seed)
         return {k: float(values[k]) for k in self.names}

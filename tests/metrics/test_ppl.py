@@ -151,10 +151,10 @@ def expected_lengths(G: LinearG, crop: bool) -> np.ndarray:
     eps (w1 - w0), the image channel k by eps (w1 - w0)[k] P'[k] (P' the cropped, downsampled
     pattern) and the scaled image by 127.5 times that; / eps^2 cancels the eps^2."""
     P = G.P.numpy()
+    f = P.shape[1] // 256  # from the full size, crop or not (the convention)
     if crop:
         c = P.shape[1] // 8
         P = P[:, c * 3 : c * 7, c * 2 : c * 6]
-    f = P.shape[1] // 256
     if f > 1:
         P = P.reshape(3, P.shape[1] // f, f, P.shape[2] // f, f).mean(axis=(2, 4))
     energy = (P**2).sum(axis=(1, 2))  # [3]
@@ -191,8 +191,10 @@ def test_downsampling_and_crop_change_the_length_as_derived() -> None:
     small = path_lengths(flat(16), identity_lpips(), 4, PPLSettings())
     # 512 is box-downsampled to 256x256 (not 512x512: that would be 4x more)
     np.testing.assert_allclose(full, small * (256 * 256) / (16 * 16), rtol=5e-3)
-    # the crop of 512 is 256x256 and is not downsampled: the same count
-    np.testing.assert_allclose(path_lengths(flat(512), identity_lpips(), 4, PPLSettings(crop=True)), full, rtol=5e-3)
+    # the crop of 512 is 256x256, downsampled by 512 // 256 as the full image is: 128x128, a quarter
+    np.testing.assert_allclose(
+        path_lengths(flat(512), identity_lpips(), 4, PPLSettings(crop=True)), full / 4, rtol=5e-3
+    )
     # the crop of 16 is 8x8
     small_crop = path_lengths(flat(16), identity_lpips(), 4, PPLSettings(crop=True))
     np.testing.assert_allclose(small_crop, small / 4, rtol=5e-3)

@@ -142,23 +142,21 @@ def test_a_stopped_evaluation_resumes_to_the_same_numbers(tmp_path: Path, net32:
     whole = run_stage(cfg, make_ctx(store, tmp_path, "whole"))
 
     ctx = make_ctx(store, tmp_path, "stopped")
-    calls = {"n": 0}
-
-    def stop_after_a_while() -> bool:  # stops in the middle of the image pass, then of the PPL pass
-        calls["n"] += 1
-        return calls["n"] in (4, 14)
-
-    ctx.should_stop = stop_after_a_while  # type: ignore[method-assign]
     from cleftgan_hpc.stages.evaluate import run
 
+    # a stop request once some images are saved (in the image pass) ...
+    ctx.should_stop = lambda: _saved_rows(store, ctx.key("progress")).get("features", 0) > 0  # type: ignore[method-assign]
     with pytest.raises(StopRequested):
         run(cfg, ctx)
     rows = _saved_rows(store, ctx.key("progress"))
     assert 0 < rows["features"] < 40 and "path_lengths" not in rows
+    # ... then once some path lengths are (inside the PPL pass: a stop must not wait for a chunk)
+    ctx.should_stop = lambda: _saved_rows(store, ctx.key("progress")).get("path_lengths", 0) > 0  # type: ignore[method-assign]
     with pytest.raises(StopRequested):
         run(cfg, ctx)
     rows = _saved_rows(store, ctx.key("progress"))
     assert rows["features"] == 40 and 0 < rows["path_lengths"] < 70
+    ctx.should_stop = lambda: False  # type: ignore[method-assign]
     resumed = run_stage(cfg, ctx)
     assert resumed["resumed"] is True
     assert resumed["metrics"] == whole["metrics"]  # exactly: every sample is a pure function of its index
@@ -179,7 +177,7 @@ def test_progress_of_other_options_is_not_reused(tmp_path: Path, net32: Path, ti
 
     store = LocalStore(tmp_path / "store")
     ctx = make_ctx(store, tmp_path)
-    stale = PartialResults(store, ctx.key("progress"), "another network or psi")
+    stale = PartialResults(store, ctx.key("progress"), {"features": "another network or psi"})
     stale.extend("features", np.zeros((20, 64), dtype=np.float32))
     stale.save()
     record = run_stage(make_cfg(net32, tiny_dataset, metrics=["fid"]), ctx)
@@ -191,6 +189,8 @@ def test_conditional_network_needs_fitting_labels(tmp_path: Path, tiny_dataset: 
 
     rows = label_rows(np.array([0, 2, 1]), 3)
     assert rows is not None and rows.tolist() == [[1, 0, 0], [0, 0, 1], [0, 1, 0]]
+    onehot_ints = label_rows(np.array([[0, 1, 0], [1, 0, 0]]), 3)  # rows already, written as integers
+    assert onehot_ints is not None and onehot_ints.tolist() == [[0, 1, 0], [1, 0, 0]]
     assert label_rows(None, 0) is None
     with pytest.raises(CleftGanError, match="no labels"):
         label_rows(None, 3)
@@ -237,3 +237,68 @@ def test_a_job_with_an_evaluate_stage_runs_on_the_local_backend(tmp_path: Path, 
     record = json.loads((tmp_path / "store/runs/ev-1/stages/judge/metrics.json").read_text())
     assert set(record["metrics"]) == {"kid", "dish"}
     assert (tmp_path / "store/runs/ev-1/stages/judge/report.png").stat().st_size > 1000
+
+
+def test_a_series_saved_shorter_than_its_partner_is_recomputed(tmp_path: Path, net32: Path,
+                                                              tiny_dataset: Path) -> None:
+    """A crash between writing the features segment and the severity segment leaves severity
+    short: the resume starts from the shorter series, so DISH still sees every image."""
+    store = LocalStore(tmp_path / "store")
+    cfg = make_cfg(net32, tiny_dataset, metrics=["kid", "dish"], num_images=24, save_every_s=1e-9, batch=4)
+    whole = run_stage(cfg, make_ctx(store, tmp_path, "whole"))
+    ctx = make_ctx(store, tmp_path, "cut")
+    ctx.should_stop = lambda: _saved_rows(store, ctx.key("progress")).get("severity", 0) >= 12  # type: ignore[method-assign]
+    from cleftgan_hpc.stages.evaluate import run
+
+    with pytest.raises(StopRequested):
+        run(cfg, ctx)
+    severity = sorted(i.key for i in store.list(ctx.key("progress") + "/severity-"))
+    store.delete(severity[-1])  # as if the process died between the two segments' puts
+    ctx.should_stop = lambda: False  # type: ignore[method-assign]
+    resumed = run_stage(cfg, ctx)
+    assert resumed["resumed"] is True
+    assert resumed["dish"] == whole["dish"] and resumed["metrics"] == whole["metrics"]
+
+
+def test_networks_that_do_not_fit_the_dataset(tmp_path: Path, net32: Path, tiny_dataset: Path,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    import torch
+
+    from cleftgan_hpc.model import Generator, Network, save_checkpoint
+
+    grey = tmp_path / "grey.safetensors"
+    torch.manual_seed(0)
+    g = Generator(16, 0, 16, 32, 1, channel_base=256, channel_max=16, num_fp16_res=0)
+    save_checkpoint(Network(G=g, G_ema=g), grey)
+    with pytest.raises(CleftGanError, match="1-channel images, the dataset has 3"):
+        run_stage(make_cfg(grey, tiny_dataset, metrics=["kid"]), make_ctx(LocalStore(tmp_path / "a"), tmp_path))
+
+    small = tmp_path / "g16.safetensors"
+    g = Generator(16, 0, 16, 16, 3, channel_base=256, channel_max=16, num_fp16_res=0)
+    save_checkpoint(Network(G=g, G_ema=g), small)
+    with caplog.at_level(logging.WARNING):
+        record = run_stage(make_cfg(small, tiny_dataset, metrics=["kid"]), make_ctx(LocalStore(tmp_path / "b"), tmp_path))
+    assert "16px images, the dataset's are 32px" in caplog.text
+    assert record["sizes"] == {"network_px": 16, "dataset_px": 32}
+
+
+def test_ppl_does_not_depend_on_truncation(tmp_path: Path, net32: Path, tiny_dataset: Path) -> None:
+    """PPL is measured on the untruncated mapping, whatever psi the other metrics use."""
+    values = [
+        run_stage(make_cfg(net32, tiny_dataset, metrics=["ppl", "kid"], truncation_psi=psi),
+                  make_ctx(LocalStore(tmp_path / f"s{psi}"), tmp_path, f"r{psi}"))["metrics"]
+        for psi in (1.0, 0.5)
+    ]
+    assert values[0]["ppl"] == values[1]["ppl"]
+    assert values[0]["kid"] != values[1]["kid"]  # while the generated images did change
+
+
+def test_measuring_runs_without_tf32_and_restores_the_setting() -> None:
+    import torch
+
+    from cleftgan_hpc.metrics import exact_fp32
+
+    torch.backends.cudnn.allow_tf32 = True
+    with exact_fp32():
+        assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+    assert torch.backends.cudnn.allow_tf32

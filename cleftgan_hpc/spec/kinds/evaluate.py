@@ -55,15 +55,16 @@ class EvaluateStage(StageBase):
     """Measure a generator the way CleftGAN is judged: FID and KID (Inception features), PPL (LPIPS
     path length) and DISH (cleft-severity histograms), against the real dataset. Image i is seed
     ``first_seed + i`` with z drawn as the synthesize stage draws it, so an unconditional network's
-    evaluated images are exactly a synthesize stage's images at the same truncation. Preempted, it
-    resumes from its last saved progress."""
+    evaluated images are a synthesize stage's images at the same truncation (bit for bit at the
+    same batch size). Preempted, it resumes from its last saved progress."""
 
     kind: Literal["evaluate"]
     network: Input = Field(description="The generator: an official pickle or our .safetensors (e.g. stage:train).")
     dataset: Input = Field(description="The real dataset zip the generator is compared with (e.g. stage:dataset).")
     metrics: list[Metric] = Field(min_length=1, description="Metrics to compute: any of fid, kid, ppl, dish.")
     num_images: int = Field(
-        50_000, ge=2, le=10_000_000, description="Generated images for FID, KID and DISH (50,000 is the standard)."
+        50_000, ge=2, le=500_000, description="Generated images for FID, KID and DISH (50,000 is the standard; "
+        "their Inception features are held in memory, 8 KB an image)."
     )
     first_seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of the first generated image.")
     truncation_psi: float = Field(
