@@ -46,8 +46,9 @@ def generated_features(
     generate: Callable[[int, int], torch.Tensor],
     num_images: int,
     batch_size: int,
+    first: int = 0,
 ) -> np.ndarray:
-    """Features [num_images, D] of generated images.
+    """Features [num_images, D] of generated images ``first .. first + num_images - 1``.
 
     ``generate(start, n)`` returns images ``start .. start + n - 1`` as float [n, C, H, W] in
     [-1, 1] (seeding by index keeps the set the same across snapshots and world sizes).
@@ -56,8 +57,8 @@ def generated_features(
         raise CleftGanError(f"need num_images >= 1 and batch_size >= 1, got {num_images}, {batch_size}")
 
     def batches() -> Iterator[torch.Tensor]:
-        for start in range(0, num_images, batch_size):
-            n = min(batch_size, num_images - start)
+        for start in range(first, first + num_images, batch_size):
+            n = min(batch_size, first + num_images - start)
             with torch.no_grad():
                 yield images_to_uint8(generate(start, n))
 

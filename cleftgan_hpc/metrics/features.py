@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import os
 import warnings
 import zipfile
 from collections.abc import Iterable, Iterator
@@ -212,7 +213,7 @@ def save_scripted(module: torch.nn.Module, path: str | Path) -> str:
         torch.jit.save(torch.jit.script(module.eval()), buf)
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".part")
+    tmp = p.with_name(f"{p.name}.{os.getpid()}.part")  # ranks sharing a scratch directory write at once
     tmp.write_bytes(buf.getvalue())
     tmp.replace(p)
     return extractor_digest(p)

@@ -26,7 +26,10 @@ import numpy as np
 import torch
 
 from cleftgan_hpc.errors import CleftGanError
+from cleftgan_hpc.metrics.features import FeatureExtractor, load_feature_extractor, save_tiny_extractor
+from cleftgan_hpc.metrics.lpips import LPIPSNet, load_lpips, save_tiny_lpips
 from cleftgan_hpc.metrics.partial import PartialResults
+from cleftgan_hpc.metrics.severity import SeverityModel, load_severity_model, save_demo_severity_model
 from cleftgan_hpc.spec.kinds.evaluate import EvaluateStage
 from cleftgan_hpc.stages.context import StageContext, StopRequested
 from cleftgan_hpc.storage.base import sha256_file
@@ -38,9 +41,9 @@ GRID_IMAGES = 16
 class Models:
     """The measuring networks the configured metrics need (None where not needed)."""
 
-    extractor: Any = None  # FeatureExtractor (fid, kid)
-    lpips: Any = None  # LPIPSNet (ppl)
-    severity: Any = None  # SeverityModel (dish)
+    extractor: FeatureExtractor | None = None  # fid, kid
+    lpips: LPIPSNet | None = None  # ppl
+    severity: SeverityModel | None = None  # dish
 
     def digests(self) -> dict[str, str]:
         named = {"feature_extractor": self.extractor, "lpips": self.lpips, "severity_model": self.severity}
@@ -49,9 +52,6 @@ class Models:
 
 def load_models(cfg: EvaluateStage, ctx: StageContext, device: str) -> Models:
     """Load what the metrics need; 'demo' writes the project's small stand-in into scratch first."""
-    from cleftgan_hpc.metrics.features import load_feature_extractor, save_tiny_extractor
-    from cleftgan_hpc.metrics.lpips import load_lpips, save_tiny_lpips
-    from cleftgan_hpc.metrics.severity import load_severity_model, save_demo_severity_model
 
     def path_of(ref: str | None, demo_name: str, save_demo: Callable[[Path], object]) -> Path:
         assert ref is not None  # the config validator requires the model of every metric asked for

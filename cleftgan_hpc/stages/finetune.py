@@ -203,10 +203,11 @@ def _train(
         for m in (nets.G, nets.D, nets.G_ema):
             distributed.broadcast_module(m, d.world_size)
     metrics = None
-    if cfg.metrics and d.is_main:
+    if cfg.metrics:  # on every rank: each generates a slice of the metric images
         assert cfg.feature_extractor is not None  # the config validator guarantees it
         metrics = SnapshotMetrics(
-            cfg.metrics, cfg.feature_extractor, dataset_file, data, cfg.metric_samples, cfg.seed, ctx, device
+            cfg.metrics, cfg.feature_extractor, dataset_file, data, cfg.metric_samples, cfg.seed, ctx, device,
+            rank=d.rank, world_size=d.world_size,
         )
     prog = trainer.progress
     steps = total_steps(cfg)
@@ -245,7 +246,9 @@ def _train(
         t_attempt = time.monotonic()
         checkpointed = False
         if snapshot_due(cfg, prev, prog.cur_nimg) or prog.step == steps:
-            values = snapshot(cfg, ctx, trainer, history, metrics, device) if d.is_main else {}
+            values = metrics(trainer.nets.G_ema) if metrics is not None else {}  # a collective: every rank
+            if d.is_main:
+                snapshot(cfg, ctx, trainer, history, values, device)
             if values and (prog.best_metric is None or values[cfg.metrics[0]] < prog.best_metric):
                 prog.best_metric, prog.best_key = values[cfg.metrics[0]], ckpts.key_for(prog.step)
             key = checkpoint()
@@ -284,24 +287,21 @@ def snapshot(
     ctx: StageContext,
     trainer: Trainer,
     history: list[dict[str, float]],
-    metrics: SnapshotMetrics | None,
+    values: dict[str, float],
     device: torch.device,
-) -> dict[str, float]:
-    """Grid, metrics, stats and curves of the current state (rank 0); returns the metric values."""
+) -> None:
+    """Grid, metric history, stats and curves of the current state (rank 0)."""
     prog = trainer.progress
     kimg = prog.cur_nimg / 1000
     tag = f"{prog.cur_nimg:09d}"  # images shown
     ctx.store.put_bytes(ctx.key("samples", f"grid-{tag}.png"), sample_grid(trainer.nets.G_ema, cfg.grid_seeds, device))
-    values: dict[str, float] = {}
-    if metrics is not None:
-        values = metrics(trainer.nets.G_ema)
+    if values:
         history.append({"kimg": kimg, **values})
         ctx.store.put_text(ctx.key("metrics.jsonl"), stats_jsonl(history))
     ctx.store.put_text(ctx.key("stats.jsonl"), stats_jsonl(prog.stats))
     ctx.store.put_bytes(ctx.key("curves.png"), curves_png(prog.stats, history))
     shown = " ".join(f"{k} {v:.4g}" for k, v in values.items())
     ctx.log.info(f"snapshot at kimg {kimg:.2f}: samples/grid-{tag}.png {shown}".rstrip())
-    return values
 
 
 def export_network(

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import datetime
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
 from cleftgan_hpc.ranks import DistEnv, detect, first_host
 
-__all__ = ["DistEnv", "detect", "first_host", "init", "shutdown", "average_gradients", "all_sum", "broadcast_module"]
+__all__ = [
+    "DistEnv", "detect", "first_host", "init", "shutdown", "average_gradients", "all_sum", "broadcast_module",
+    "gather_rows",
+]
 
 
 def init(d: DistEnv, device: torch.device) -> None:
@@ -27,7 +31,7 @@ def init(d: DistEnv, device: torch.device) -> None:
         init_method=f"tcp://{d.master_addr}:{d.master_port}",
         rank=d.rank,
         world_size=d.world_size,
-        timeout=datetime.timedelta(hours=2),  # rank 0 alone writes snapshots (metrics, big checkpoints)
+        timeout=datetime.timedelta(hours=2),  # rank 0 alone writes snapshots (grids, big checkpoints)
     )
 
 
@@ -69,3 +73,28 @@ def broadcast_module(module: torch.nn.Module, world_size: int) -> None:
         return
     for t in list(module.parameters()) + list(module.buffers()):
         dist.broadcast(t.data, src=0)
+
+
+def _comm_device(device: torch.device) -> torch.device:
+    """Where a collective's tensors must live: nccl moves CUDA tensors only."""
+    if dist.get_backend() == "nccl" and device.type != "cuda":
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def gather_rows(rows: np.ndarray, world_size: int) -> np.ndarray:
+    """Every rank's float rows [n_rank, D] joined in rank order, on every rank (ranks may hold
+    different numbers of rows, none included)."""
+    if world_size == 1:
+        return rows
+    dev = _comm_device(torch.device("cpu"))
+    shape = torch.tensor([rows.shape[0], rows.shape[1] if rows.ndim == 2 else 0], device=dev)
+    shapes = [torch.zeros_like(shape) for _ in range(world_size)]
+    dist.all_gather(shapes, shape)
+    longest, width = max(int(s[0]) for s in shapes), max(int(s[1]) for s in shapes)
+    padded = torch.zeros([longest, width], dtype=torch.float32, device=dev)  # all_gather needs one shape
+    if rows.shape[0]:
+        padded[: rows.shape[0]] = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32)).to(dev)
+    parts = [torch.empty_like(padded) for _ in range(world_size)]
+    dist.all_gather(parts, padded)
+    return np.concatenate([part[: int(s[0])].cpu().numpy() for part, s in zip(parts, shapes, strict=True)])

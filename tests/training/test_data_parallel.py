@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -23,6 +25,9 @@ stages:
     snapshot_kimg: 1
     augment: none
     seed: 5
+    metrics: [kid]                # a collective: every rank generates a slice of the images
+    feature_extractor: demo
+    metric_samples: 17            # not a multiple of 2: the slices differ in size
 """
 
 
@@ -51,3 +56,6 @@ def test_two_processes_match_one_process_accumulating(tiny_dataset: Path, tmp_pa
     assert diffs.max().item() < 2e-3, f"largest weight difference {diffs.max().item():.2e}"
     assert diffs.mean().item() < 1e-5, f"mean weight difference {diffs.mean().item():.2e}"
     assert one["D.b4.out.bias"].abs().max().item() > 1e-3  # and they did train: D's output bias left 0
+    kid = [json.loads((tmp_path / run / "store/runs/dp-1/stages/train/metrics.jsonl").read_text().splitlines()[-1])
+           for run in ("one", "two")]
+    assert kid[0]["kid"] == pytest.approx(kid[1]["kid"], rel=0.05, abs=1e-4)  # nearly equal weights, same images
