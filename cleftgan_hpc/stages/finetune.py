@@ -218,14 +218,17 @@ def _train(
     )
     ticker = Ticker(total_nimg, log)
     history: list[dict[str, float]] = list(state.get("metrics", [])) if state else []
-    window: dict[str, list[float]] = {}
-    tick_nimg = max(cfg.batch, int(min(4000, total_nimg / 100)))
+    # the stats of the tick in progress: checkpointed, so a resumed run logs the ticks an
+    # uninterrupted one would
+    window: dict[str, list[float]] = {k: list(v) for k, v in (state or {}).get("stats_window", {}).items()}
+    tick_nimg = tick_images(total_nimg, cfg.batch)
 
     def checkpoint() -> str | None:
         if not d.is_main:
             return None
         payload = trainer.state()
         payload["metrics"] = history
+        payload["stats_window"] = {k: [float(x) for x in v] for k, v in window.items()}
         payload["config_hash"] = config_hash
         return ckpts.save(payload, prog.step, prog.best_key, ctx.log)
 
@@ -275,6 +278,11 @@ def _train(
     if d.is_main:
         export_network(cfg, ctx, nets, prog.ada_p, set_kwargs, outputs["network"])
     return outputs
+
+
+def tick_images(total_nimg: int, batch: int) -> int:
+    """Images per line of stats.jsonl: about 100 lines a run, at most 4 kimg apart."""
+    return max(batch, int(min(4000, total_nimg / 100)))
 
 
 def _stop_requested(ctx: StageContext, d: distributed.DistEnv) -> bool:

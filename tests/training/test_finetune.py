@@ -31,9 +31,12 @@ def weights(store_root: Path, key: str) -> dict[str, torch.Tensor]:
     return load_file(str(store_root / "store" / key))
 
 
-def test_stopped_and_resumed_run_equals_uninterrupted(tiny_dataset: Path, tmp_path: Path, make_ctx) -> None:
+def test_stopped_and_resumed_run_equals_uninterrupted(tiny_dataset: Path, tmp_path: Path, make_ctx,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     # 7 steps of 4: snapshots at steps 3 and 6, R1 at step 0; ADA moves p by 0.4 a batch, so
     # the augmentation pipeline and the controller's state both matter for the outcome.
+    # A stats line every 3 steps, so the stop at step 5 falls inside a tick.
+    monkeypatch.setattr(finetune, "tick_images", lambda total, batch: 3 * batch)
     cfg = config(tiny_dataset, augment_p=None, ada_interval=1, ada_kimg=0.01, ada_target=0.01)
     whole = finetune.run(cfg, make_ctx(tmp_path / "a"))
     expected = weights(tmp_path / "a", whole["network"])
@@ -49,6 +52,10 @@ def test_stopped_and_resumed_run_equals_uninterrupted(tiny_dataset: Path, tmp_pa
     assert expected.keys() == got.keys()
     different = [k for k in expected if not torch.equal(expected[k], got[k])]
     assert not different, f"resumed weights differ: {different[:5]}"
+    # and the training log: the tick in progress at the stop was checkpointed with the weights
+    stats = [(root / "store" / run["network"]).with_name("stats.jsonl").read_text()
+             for root, run in ((tmp_path / "a", whole), (tmp_path / "b", resumed))]
+    assert stats[0] == stats[1] and stats[0].count("\n") >= 2
     # G_ema moved away from G, and training changed the weights at all
     assert not torch.equal(got["G.mapping.fc0.weight"], got["G_ema.mapping.fc0.weight"])
     state = ckpts.load_latest()
