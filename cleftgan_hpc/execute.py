@@ -130,7 +130,7 @@ def _run_worker(planned: PlannedStage, cfg: AnyStage, ctx: StageContext) -> int:
 
 def _run_whole(run: RunState, planned: PlannedStage, cfg: AnyStage, ctx: StageContext, log_file: Path) -> int:
     stage = planned.name
-    status = run.status(stage).running(planned.fingerprint)
+    status = run.status(stage).running(planned.fingerprint, planned.work_fingerprint)
     status.job_ids = status.job_ids + ([os.environ["SLURM_JOB_ID"]] if "SLURM_JOB_ID" in os.environ else [])
     run.set_status(stage, status)
     ctx.log.info(f"stage {stage} ({planned.kind}) attempt {status.attempt} on {status.host}, run {run.run_id}")

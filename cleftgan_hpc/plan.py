@@ -26,6 +26,7 @@ class PlannedStage:
     outputs: dict[str, str]  # output name -> store key
     resources: Resources
     fingerprint: str = ""  # changes when this stage's config or any upstream config changes
+    work_fingerprint: str = ""  # the same without the fields its saved work survives (reusable_changes)
 
     @property
     def kind(self) -> str:
@@ -73,6 +74,11 @@ def output_keys(run_id: str, stage: str, config: AnyStage) -> dict[str, str]:
     return {name: join_key(prefix, filename) for name, filename in type(config).outputs.items()}
 
 
+def _digest(config: dict, upstream: list[str]) -> str:
+    blob = json.dumps({"config": config, "upstream": upstream}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 def make_plan(spec: JobSpec, run_id: str) -> Plan:
     plan = Plan(spec, run_id)
     fingerprints: dict[str, str] = {}
@@ -90,14 +96,14 @@ def make_plan(spec: JobSpec, run_id: str) -> Plan:
                 value = "store:" + outs[ref[1] or type(spec.stages[ref[0]]).default_output]
             inputs[f] = value
         deps = dependencies(spec, name)
-        blob = json.dumps(
-            {"config": cfg.model_dump(mode="json", exclude={"resources"}), "upstream": [fingerprints[d] for d in deps]},
-            sort_keys=True,
-        )
-        fingerprints[name] = hashlib.sha256(blob.encode()).hexdigest()[:16]
+        upstream = [fingerprints[d] for d in deps]
+        fingerprints[name] = _digest(cfg.model_dump(mode="json", exclude={"resources"}), upstream)
+        work = _digest(cfg.model_dump(mode="json", exclude={"resources", *type(cfg).reusable_changes}), upstream)
         outputs_of[name] = output_keys(run_id, name, cfg)
         plan.stages.append(
-            PlannedStage(name, cfg, deps, inputs, outputs_of[name], spec.resources_of(name), fingerprints[name])
+            PlannedStage(
+                name, cfg, deps, inputs, outputs_of[name], spec.resources_of(name), fingerprints[name], work
+            )
         )
     return plan
 

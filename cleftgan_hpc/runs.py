@@ -54,6 +54,7 @@ class StageStatus:
     pid: int | None = None
     error: str | None = None  # one-paragraph summary of why it failed or was cancelled
     fingerprint: str | None = None  # the plan fingerprint the stage ran with (done => up to date)
+    work_fingerprint: str | None = None  # the part of it its saved work depends on (see decide)
     job_ids: list[str] = field(default_factory=list)  # backend job ids (Slurm), newest last
     updated: float = field(default_factory=time.time)
 
@@ -62,7 +63,7 @@ class StageStatus:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**known)
 
-    def running(self, fingerprint: str) -> StageStatus:
+    def running(self, fingerprint: str, work_fingerprint: str) -> StageStatus:
         return StageStatus(
             "running",
             self.attempt + 1,
@@ -72,6 +73,7 @@ class StageStatus:
             os.getpid(),
             None,
             fingerprint,
+            work_fingerprint,
             self.job_ids,
         )
 
@@ -195,7 +197,8 @@ Decision = Literal["skip", "resume", "fresh"]
 
 def decide(plan: Plan, run: RunState, force: set[str]) -> dict[str, tuple[Decision, str]]:
     """What each stage of a (re)started run does, and why: skip (done, up to date), resume
-    (continue from its own checkpoints) or fresh (forced, or its config changed: start over)."""
+    (continue from its own checkpoints; also when only fields in its kind's ``reusable_changes``
+    changed) or fresh (forced, or its config changed otherwise: start over)."""
     forced = set(force)
     for name in force:
         forced.update(plan.downstream(name))
@@ -205,7 +208,11 @@ def decide(plan: Plan, run: RunState, force: set[str]) -> dict[str, tuple[Decisi
         if s.name in forced:
             out[s.name] = ("fresh", "forced")
         elif st.fingerprint and st.fingerprint != s.fingerprint:
-            out[s.name] = ("fresh", "its config or an upstream stage changed since it ran")
+            if st.work_fingerprint and st.work_fingerprint == s.work_fingerprint:
+                # e.g. a longer kimg: the stage continues from its checkpoints, which it checks itself
+                out[s.name] = ("resume", "its config changed only in settings it can continue with; continuing")
+            else:
+                out[s.name] = ("fresh", "its config or an upstream stage changed since it ran")
         elif st.state == "done":
             out[s.name] = ("skip", f"done earlier (attempt {st.attempt})")
         else:

@@ -156,3 +156,47 @@ def test_a_run_in_progress_or_of_another_job_is_refused(tmp_path: Path) -> None:
     other.write_text("name: other\nstages:\n  faces: {kind: demo_data, count: 2, size: 64}\n")
     out = run_cli("run", str(other), "--run", "busy-1", cwd=tmp_path)
     assert out.returncode == 1 and "belongs to job 'busy', not 'other'" in out.stderr
+
+
+TRAIN = """
+name: longer
+store: file://./store
+stages:
+  train:
+    kind: finetune
+    network: random
+    dataset: {dataset}
+    random_network: {{channel_base: 256, channel_max: 16, z_dim: 16, w_dim: 16}}
+    batch: 4
+    kimg: {kimg}
+    snapshot_kimg: 0.008
+    augment: none
+    seed: {seed}
+"""
+
+
+@pytest.mark.slow
+def test_a_longer_kimg_continues_training_and_another_seed_starts_over(tmp_path: Path, tiny_dataset: Path) -> None:
+    from cleftgan_hpc.spec.kinds.evaluate import EvaluateStage
+
+    job = tmp_path / "job.yaml"
+    store = LocalStore(tmp_path / "store")
+    run = RunState(store, "l-1")
+    job.write_text(TRAIN.format(dataset=tiny_dataset, kimg=0.016, seed=1))
+    assert run_cli("run", str(job), "--run", "l-1", cwd=tmp_path).returncode == 0
+
+    job.write_text(TRAIN.format(dataset=tiny_dataset, kimg=0.032, seed=1))  # train further
+    longer = run_cli("run", str(job), "--run", "l-1", cwd=tmp_path)
+    assert longer.returncode == 0, longer.stdout + longer.stderr
+    assert "~ train: its config changed only in settings it can continue with" in longer.stdout
+    assert "resumed from step 4 (kimg 0.02)" in longer.stdout  # the stage's log, shown live
+    assert run.status("train").attempt == 2
+
+    job.write_text(TRAIN.format(dataset=tiny_dataset, kimg=0.032, seed=2))  # another run altogether
+    other = run_cli("run", str(job), "--run", "l-1", cwd=tmp_path)
+    assert other.returncode == 0, other.stdout + other.stderr
+    assert "~ train: its config or an upstream stage changed since it ran; starting over" in other.stdout
+    assert "resumed from step" not in other.stdout and run.status("train").attempt == 3
+
+    # the evaluate stage checks its saved progress itself, so any of its settings may change
+    assert EvaluateStage.reusable_changes == set(EvaluateStage.model_fields) - {"kind", "needs", "resources"}

@@ -78,7 +78,11 @@ class LocalLauncher:
             if blocked:
                 reason = f"not run: upstream stage {blocked[0]!r} {outcome.get(blocked[0], 'did not finish')}"
                 run.set_status(
-                    s.name, StageStatus("cancelled", status.attempt, error=reason, fingerprint=s.fingerprint)
+                    s.name,
+                    StageStatus(
+                        "cancelled", status.attempt, error=reason, fingerprint=s.fingerprint,
+                        work_fingerprint=s.work_fingerprint,
+                    ),
                 )
                 say(f"x {s.name}: {reason}")
                 outcome[s.name] = "cancelled"
@@ -86,6 +90,8 @@ class LocalLauncher:
             if decision == "fresh":
                 removed = run.reset_stage(s.name)
                 say(f"~ {s.name}: {why}; starting over" + (f" ({removed} old objects removed)" if removed else ""))
+            elif why:
+                say(f"~ {s.name}: {why}")
             outcome[s.name] = self._run_stage(plan, run, s)
         return all(v == "done" for v in outcome.values())
 

@@ -319,6 +319,8 @@ class SlurmLauncher:
                 if decision == "fresh":
                     removed = run.reset_stage(s.name)
                     say(f"~ {s.name}: {why}; starting over" + (f" ({removed} old objects removed)" if removed else ""))
+                elif why:
+                    say(f"~ {s.name}: {why}")
                 deps = [jid for d in s.needs for jid in submitted.get(d, [])]
                 records[s.name] = self._submit_stage(plan, run, s, deps, chunk)
                 submitted[s.name] = [j["id"] for j in records[s.name]["jobs"]]
@@ -327,7 +329,7 @@ class SlurmLauncher:
                 ids = [j["id"] for j in record["jobs"]]
                 run.set_status(name, StageStatus(
                     "pending", status.attempt, fingerprint=plan.stage(name).fingerprint,
-                    job_ids=status.job_ids + ids))
+                    work_fingerprint=plan.stage(name).work_fingerprint, job_ids=status.job_ids + ids))
                 run.store.put_json(run.key(name, RECORD), record)
         except BaseException:
             all_ids = [j["id"] for r in records.values() for j in r["jobs"]]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -348,6 +348,11 @@ class StageBase(Strict):
         description="Stages that must finish first. Stages referenced as 'stage:NAME' inputs are added automatically.",
     )
     resources: Resources | None = Field(None, description="Overrides the job's default resources for this stage.")
+
+    # Fields that may change between runs of the same run id without discarding the stage's
+    # saved work (checkpoints, progress): the stage itself checks what it can reuse. A change
+    # to any other field starts the stage over.
+    reusable_changes: ClassVar[frozenset[str]] = frozenset()
 
 
 

@@ -140,11 +140,9 @@ SnapshotHook = Callable[[dict[str, Any]], None]
 
 
 def training_config_hash(cfg: FinetuneStage) -> str:
-    """What a checkpoint must agree with to be resumed: everything but length, snapshots and
-    the learning-rate/ADA knobs a sweep's PBT may change between a checkpoint and its clone."""
-    free = {"kimg", "snapshot_kimg", "keep_checkpoints", "metrics", "metric_samples", "grid_seeds", "glr", "dlr",
-            "ada_target", "ada_kimg", "ada_interval", "augment_p", "gamma", "needs", "resources"}
-    data = cfg.model_dump(mode="json", exclude=free)
+    """What a checkpoint must agree with to be resumed: everything but the kind's reusable
+    changes (length, snapshots, the learning-rate/ADA knobs a sweep's PBT may change)."""
+    data = cfg.model_dump(mode="json", exclude={"needs", "resources", *FinetuneStage.reusable_changes})
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

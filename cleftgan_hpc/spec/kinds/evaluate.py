@@ -91,6 +91,11 @@ class EvaluateStage(StageBase):
         300, gt=0, description="Seconds between saves of the progress a preempted run resumes from."
     )
 
+    # any: each saved series carries a digest of what its rows depend on, checked on resume
+    reusable_changes: ClassVar[frozenset[str]] = frozenset({
+        "network", "dataset", "metrics", "num_images", "first_seed", "truncation_psi", "feature_extractor", "lpips",
+        "severity_model", "ppl", "dish", "kid_subsets", "kid_subset_size", "batch", "seed", "save_every_s",
+    })
     outputs: ClassVar[dict[str, str]] = {"metrics": "metrics.json", "report": "report.png"}
     default_output: ClassVar[str] = "metrics"
 

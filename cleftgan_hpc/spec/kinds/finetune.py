@@ -140,6 +140,12 @@ class FinetuneStage(StageBase, FinetuneSettings):
         description="Feature extractor TorchScript file for metrics (the Inception file); 'demo' uses our small one.",
     )
 
+    # the run's length, its snapshots, and the learning-rate/ADA knobs (PBT changes those between a
+    # checkpoint and its clone): a checkpoint written under other values is resumed all the same
+    reusable_changes: ClassVar[frozenset[str]] = frozenset({
+        "kimg", "snapshot_kimg", "keep_checkpoints", "metrics", "metric_samples", "grid_seeds", "glr", "dlr",
+        "ada_target", "ada_kimg", "ada_interval", "augment_p", "gamma",
+    })
     outputs: ClassVar[dict[str, str]] = {
         "network": "network.safetensors",
         "checkpoints": "checkpoints",

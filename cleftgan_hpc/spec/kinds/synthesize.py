@@ -88,6 +88,8 @@ class SynthesizeStage(StageBase):
         False, description="Replace an existing dataset made with different options (else that is refused)."
     )
 
+    # how fast, not what: the shards' bytes do not depend on them
+    reusable_changes: ClassVar[frozenset[str]] = frozenset({"workers", "upload_concurrency"})
     outputs: ClassVar[dict[str, str]] = {"manifest": "manifest.json"}  # a copy of datasets/<name>/manifest.json
     default_output: ClassVar[str] = "manifest"
 
