@@ -172,6 +172,7 @@ stages:
     snapshot_kimg: 0.008
     augment: none
     seed: {seed}
+    processes: {processes}
 """
 
 
@@ -182,17 +183,19 @@ def test_a_longer_kimg_continues_training_and_another_seed_starts_over(tmp_path:
     job = tmp_path / "job.yaml"
     store = LocalStore(tmp_path / "store")
     run = RunState(store, "l-1")
-    job.write_text(TRAIN.format(dataset=tiny_dataset, kimg=0.016, seed=1))
-    assert run_cli("run", str(job), "--run", "l-1", cwd=tmp_path).returncode == 0
+    job.write_text(TRAIN.format(dataset=tiny_dataset, kimg=0.016, seed=1, processes=2))
+    first = run_cli("run", str(job), "--run", "l-1", cwd=tmp_path)
+    assert first.returncode == 0, first.stdout + first.stderr
 
-    job.write_text(TRAIN.format(dataset=tiny_dataset, kimg=0.032, seed=1))  # train further
+    # train further, on one process instead of two (a requeue onto fewer GPUs)
+    job.write_text(TRAIN.format(dataset=tiny_dataset, kimg=0.032, seed=1, processes=1))
     longer = run_cli("run", str(job), "--run", "l-1", cwd=tmp_path)
     assert longer.returncode == 0, longer.stdout + longer.stderr
     assert "~ train: its config changed only in settings it can continue with" in longer.stdout
     assert "resumed from step 4 (kimg 0.02)" in longer.stdout  # the stage's log, shown live
     assert run.status("train").attempt == 2
 
-    job.write_text(TRAIN.format(dataset=tiny_dataset, kimg=0.032, seed=2))  # another run altogether
+    job.write_text(TRAIN.format(dataset=tiny_dataset, kimg=0.032, seed=2, processes=1))  # another run altogether
     other = run_cli("run", str(job), "--run", "l-1", cwd=tmp_path)
     assert other.returncode == 0, other.stdout + other.stderr
     assert "~ train: its config or an upstream stage changed since it ran; starting over" in other.stdout

@@ -140,11 +140,14 @@ class FinetuneStage(StageBase, FinetuneSettings):
         description="Feature extractor TorchScript file for metrics (the Inception file); 'demo' uses our small one.",
     )
 
-    # the run's length, its snapshots, and the learning-rate/ADA knobs (PBT changes those between a
-    # checkpoint and its clone): a checkpoint written under other values is resumed all the same
+    # the run's length, its snapshots, the learning-rate/ADA knobs (PBT changes those between a
+    # checkpoint and its clone) and the hardware (the global batch and every sample's randomness
+    # do not depend on how it is split, so only rounding differs): a checkpoint written under
+    # other values is resumed all the same
     reusable_changes: ClassVar[frozenset[str]] = frozenset({
         "kimg", "snapshot_kimg", "keep_checkpoints", "metrics", "metric_samples", "grid_seeds", "glr", "dlr",
-        "ada_target", "ada_kimg", "ada_interval", "augment_p", "gamma",
+        "ada_target", "ada_kimg", "ada_interval", "augment_p", "gamma", "gpus", "processes", "batch_per_gpu",
+        "precision",
     })
     outputs: ClassVar[dict[str, str]] = {
         "network": "network.safetensors",
