@@ -218,3 +218,17 @@ def decide(plan: Plan, run: RunState, force: set[str]) -> dict[str, tuple[Decisi
         else:
             out[s.name] = ("resume", "")
     return out
+
+
+def say(msg: str) -> None:
+    """A line of a launcher's report to the user (stdout, unbuffered)."""
+    print(msg, flush=True)
+
+
+def prepare_stage(run: RunState, stage: str, decision: Decision, why: str) -> None:
+    """Before a stage runs again: clear its old work when it starts over, and say why it runs."""
+    if decision == "fresh":
+        removed = run.reset_stage(stage)
+        say(f"~ {stage}: {why}; starting over" + (f" ({removed} old objects removed)" if removed else ""))
+    elif why:
+        say(f"~ {stage}: {why}")

@@ -13,7 +13,7 @@ import threading
 import time
 
 from cleftgan_hpc.plan import Plan, PlannedStage
-from cleftgan_hpc.runs import RunState, StageStatus, decide
+from cleftgan_hpc.runs import RunState, StageStatus, decide, prepare_stage, say
 from cleftgan_hpc.stages.context import EXIT_REQUEUE
 
 
@@ -50,10 +50,6 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def say(msg: str) -> None:
-    print(msg, flush=True)
-
-
 class LocalLauncher:
     """Runs the plan to completion here. A done, up-to-date stage is skipped; a failed stage
     cancels everything downstream and the run stops there."""
@@ -87,11 +83,7 @@ class LocalLauncher:
                 say(f"x {s.name}: {reason}")
                 outcome[s.name] = "cancelled"
                 continue
-            if decision == "fresh":
-                removed = run.reset_stage(s.name)
-                say(f"~ {s.name}: {why}; starting over" + (f" ({removed} old objects removed)" if removed else ""))
-            elif why:
-                say(f"~ {s.name}: {why}")
+            prepare_stage(run, s.name, decision, why)
             outcome[s.name] = self._run_stage(plan, run, s)
         return all(v == "done" for v in outcome.values())
 

@@ -59,14 +59,10 @@ from cleftgan_hpc.launch.sbatch import (
     summarize,
 )
 from cleftgan_hpc.plan import Plan, PlannedStage
-from cleftgan_hpc.runs import RunState, StageStatus, decide
+from cleftgan_hpc.runs import RunState, StageStatus, decide, prepare_stage, say
 from cleftgan_hpc.stages.context import EXIT_REQUEUE
 
 RECORD = "slurm.json"  # per stage, next to status.json: what was submitted for it
-
-
-def say(msg: str) -> None:
-    print(msg, flush=True)
 
 
 # -- what runs inside each job ---------------------------------------------------------------------
@@ -316,11 +312,7 @@ class SlurmLauncher:
                 if decision == "skip":
                     say(f"= {s.name}: {why}, skipped")
                     continue
-                if decision == "fresh":
-                    removed = run.reset_stage(s.name)
-                    say(f"~ {s.name}: {why}; starting over" + (f" ({removed} old objects removed)" if removed else ""))
-                elif why:
-                    say(f"~ {s.name}: {why}")
+                prepare_stage(run, s.name, decision, why)
                 deps = [jid for d in s.needs for jid in submitted.get(d, [])]
                 records[s.name] = self._submit_stage(plan, run, s, deps, chunk)
                 submitted[s.name] = [j["id"] for j in records[s.name]["jobs"]]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from slurm_helpers import job_ids, sacct_state, slurm, submit, wait_idle, wait_state, write_spec
+from tiny_nets import save_tiny_generator
 
 from cleftgan_hpc.launch.slurm import SlurmLauncher, read_record
 from cleftgan_hpc.plan import make_plan
@@ -160,26 +161,34 @@ train:
 """
 
 
-def test_preempted_finetune_resumes_and_matches_an_uninterrupted_run(tmp_path: Path, tiny_dataset: Path) -> None:
-    from safetensors.torch import load
-
-    body = FINETUNE.format(dataset=tiny_dataset)
+def preempted_and_uninterrupted(tmp_path: Path, body: str, stage: str, saved: str) -> tuple[RunState, RunState, str]:
+    """Run a one-stage job to the end (the reference), then again with a high-priority job
+    preempting the stage once something exists under ``saved`` in its prefix. Both must end
+    done. Returns (reference, preempted run, the preempted run's Slurm log)."""
     (tmp_path / "ref").mkdir()
     reference = submit(write_spec(tmp_path / "ref", body))
-    wait_idle(reference, ["train"], timeout=300)
-    assert reference.status("train").state == "done", reference.status("train").error
+    wait_idle(reference, [stage], timeout=300)
+    assert reference.status(stage).state == "done", reference.status(stage).error
 
     run = submit(write_spec(tmp_path, body))
     deadline = time.monotonic() + 120
-    while not list(run.store.list(run.key("train", "checkpoints/"))):  # the first checkpoint is written
-        assert time.monotonic() < deadline, log_text(run, "train")[-3000:]
-        time.sleep(0.3)
+    while not list(run.store.list(run.key(stage, saved))):
+        assert time.monotonic() < deadline, log_text(run, stage)[-3000:]
+        time.sleep(0.2)
     high = slurm("sbatch", "--parsable", "-p", "high", "-c", "8", "--mem=1G", "-o", "/dev/null", "--wrap", "sleep 1").strip()
-    wait_idle(run, ["train"], timeout=300)
+    wait_idle(run, [stage], timeout=300)
     assert sacct_state(high) == "COMPLETED"
+    text = log_text(run, stage)
+    assert run.status(stage).state == "done", (run.status(stage).error, text[-3000:])
+    return reference, run, text
+
+
+def test_preempted_finetune_resumes_and_matches_an_uninterrupted_run(tmp_path: Path, tiny_dataset: Path) -> None:
+    from safetensors.torch import load
+
+    reference, run, text = preempted_and_uninterrupted(tmp_path, FINETUNE.format(dataset=tiny_dataset), "train",
+                                                       "checkpoints/")  # once the first checkpoint is written
     st = run.status("train")
-    text = log_text(run, "train")
-    assert st.state == "done", (st.error, text[-3000:])
     assert st.attempt == 2 and "restart 1" in text and "resumed from step" in text
 
     def weights(r: RunState) -> dict:
@@ -237,15 +246,7 @@ def test_time_limit_requeues_the_stage(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def tiny_generator(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random 16x16 generator saved as our network file (what a finetune would produce)."""
-    import torch
-
-    from cleftgan_hpc.model import Generator, Network, save_checkpoint
-
-    torch.manual_seed(0)
-    g = Generator(16, 0, 16, 16, 3, channel_base=256, channel_max=16, num_fp16_res=0)
-    path = tmp_path_factory.mktemp("net") / "tiny.safetensors"
-    save_checkpoint(Network(G=g, G_ema=g), path)
-    return path
+    return save_tiny_generator(tmp_path_factory.mktemp("net") / "tiny.safetensors")
 
 
 def test_array_synthesis_splits_at_max_array_size_with_parallelism_2(
@@ -342,30 +343,10 @@ judge:
 def test_preempted_evaluation_resumes_and_matches_an_uninterrupted_run(tmp_path: Path, tiny_dataset: Path) -> None:
     import json
 
-    import torch
-
-    from cleftgan_hpc.model import Generator, Network, save_checkpoint
-
-    torch.manual_seed(4)
-    g = Generator(16, 0, 16, 32, 3, channel_base=256, channel_max=16, num_fp16_res=0)
-    network = tmp_path / "g.safetensors"
-    save_checkpoint(Network(G=g, G_ema=g), network)
+    network = save_tiny_generator(tmp_path / "g.safetensors", resolution=32, seed=4)
     body = EVALUATE.format(network=network, dataset=tiny_dataset)
-    (tmp_path / "ref").mkdir()
-    reference = submit(write_spec(tmp_path / "ref", body))
-    wait_idle(reference, ["judge"], timeout=300)
-    assert reference.status("judge").state == "done", reference.status("judge").error
-
-    run = submit(write_spec(tmp_path, body))
-    deadline = time.monotonic() + 120
-    while not list(run.store.list(run.key("judge", "progress/"))):  # some progress is saved
-        assert time.monotonic() < deadline, log_text(run, "judge")[-3000:]
-        time.sleep(0.2)
-    high = slurm("sbatch", "--parsable", "-p", "high", "-c", "8", "--mem=1G", "-o", "/dev/null", "--wrap", "sleep 1").strip()
-    wait_idle(run, ["judge"], timeout=300)
-    assert sacct_state(high) == "COMPLETED"
-    st, text = run.status("judge"), log_text(run, "judge")
-    assert st.state == "done", (st.error, text[-3000:])
+    reference, run, text = preempted_and_uninterrupted(tmp_path, body, "judge", "progress/")  # once some is saved
+    st = run.status("judge")
     assert st.attempt == 2 and "resuming:" in text
 
     def record(r: RunState) -> dict:

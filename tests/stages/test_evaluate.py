@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image
+from tiny_nets import save_tiny_generator
 
 from cleftgan_hpc.errors import CleftGanError, SpecError
 from cleftgan_hpc.spec.kinds.evaluate import EvaluateStage
@@ -25,15 +26,7 @@ ALL = ["fid", "kid", "ppl", "dish"]
 @pytest.fixture(scope="module")
 def net32(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny unconditional 32x32 generator (the resolution of ``tiny_dataset``)."""
-    import torch
-
-    from cleftgan_hpc.model import Generator, Network, save_checkpoint
-
-    torch.manual_seed(3)
-    g = Generator(16, 0, 16, 32, 3, channel_base=256, channel_max=16, num_fp16_res=0)
-    path = tmp_path_factory.mktemp("nets") / "g32.safetensors"
-    save_checkpoint(Network(G=g, G_ema=g), path)
-    return path
+    return save_tiny_generator(tmp_path_factory.mktemp("nets") / "g32.safetensors", resolution=32, seed=3)
 
 
 def make_cfg(net: Path, dataset: Path, **kw: Any) -> EvaluateStage:
@@ -202,14 +195,7 @@ def test_conditional_network_needs_fitting_labels(tmp_path: Path, tiny_dataset: 
 
 def test_conditional_network_end_to_end(tmp_path: Path, tiny_dataset: Path) -> None:
     """tiny_dataset has labels 0..2: a 3-class generator is evaluated with real labels drawn per seed."""
-    import torch
-
-    from cleftgan_hpc.model import Generator, Network, save_checkpoint
-
-    torch.manual_seed(5)
-    g = Generator(16, 3, 16, 32, 3, channel_base=256, channel_max=16, num_fp16_res=0)
-    net = tmp_path / "cond.safetensors"
-    save_checkpoint(Network(G=g, G_ema=g), net)
+    net = save_tiny_generator(tmp_path / "cond.safetensors", resolution=32, c_dim=3, seed=5)
     cfg = make_cfg(net, tiny_dataset, metrics=["kid", "ppl"])
     record = run_stage(cfg, make_ctx(LocalStore(tmp_path / "s"), tmp_path))
     assert record["network"]["c_dim"] == 3
@@ -262,20 +248,11 @@ def test_a_series_saved_shorter_than_its_partner_is_recomputed(tmp_path: Path, n
 
 def test_networks_that_do_not_fit_the_dataset(tmp_path: Path, net32: Path, tiny_dataset: Path,
                                               caplog: pytest.LogCaptureFixture) -> None:
-    import torch
-
-    from cleftgan_hpc.model import Generator, Network, save_checkpoint
-
-    grey = tmp_path / "grey.safetensors"
-    torch.manual_seed(0)
-    g = Generator(16, 0, 16, 32, 1, channel_base=256, channel_max=16, num_fp16_res=0)
-    save_checkpoint(Network(G=g, G_ema=g), grey)
+    grey = save_tiny_generator(tmp_path / "grey.safetensors", resolution=32, channels=1)
     with pytest.raises(CleftGanError, match="1-channel images, the dataset has 3"):
         run_stage(make_cfg(grey, tiny_dataset, metrics=["kid"]), make_ctx(LocalStore(tmp_path / "a"), tmp_path))
 
-    small = tmp_path / "g16.safetensors"
-    g = Generator(16, 0, 16, 16, 3, channel_base=256, channel_max=16, num_fp16_res=0)
-    save_checkpoint(Network(G=g, G_ema=g), small)
+    small = save_tiny_generator(tmp_path / "g16.safetensors", resolution=16)
     with caplog.at_level(logging.WARNING):
         record = run_stage(make_cfg(small, tiny_dataset, metrics=["kid"]), make_ctx(LocalStore(tmp_path / "b"), tmp_path))
     assert "16px images, the dataset's are 32px" in caplog.text

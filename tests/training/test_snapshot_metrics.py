@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+from tiny_nets import save_tiny_generator
 
 from cleftgan_hpc.data.dataset import Dataset
 from cleftgan_hpc.stages.context import StageContext
@@ -52,13 +53,7 @@ def _rank(rank: int, world: int, port: int, dataset: str, net: str, workdir: str
 
 @pytest.fixture(scope="module")
 def net32(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from cleftgan_hpc.model import Generator, Network, save_checkpoint
-
-    torch.manual_seed(7)
-    g = Generator(16, 0, 16, 32, 3, channel_base=256, channel_max=16, num_fp16_res=0)
-    path = tmp_path_factory.mktemp("nets") / "g.safetensors"
-    save_checkpoint(Network(G=g, G_ema=g), path)
-    return path
+    return save_tiny_generator(tmp_path_factory.mktemp("nets") / "g.safetensors", resolution=32, seed=7)
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="gloo over TCP on localhost")
