@@ -4,8 +4,22 @@
 #   CPU only:       docker build --build-arg BASE_IMAGE=debian:bookworm-slim \
 #                                --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu -t cleftgan-hpc:cpu .
 #
-# The CUDA *devel* base has nvcc, so the StyleGAN3 kernels compile at build time for the
-# architectures in TORCH_CUDA_ARCH_LIST; at run time nothing is downloaded or compiled.
+# What it holds: a venv (/opt/venv) with torch (the CUDA 12.8 build, or the CPU one), the project
+# with its `sweep` extra (ray[tune], for sweep stages), submitit (the Slurm backend) and jobs/;
+# every Python package at the version in containers/constraints.txt (containers/pin.py). Nothing
+# is downloaded or compiled at run time.
+#
+# No compiled StyleGAN3 kernels: this version's networks run on PyTorch ops (correct; slower on
+# GPUs than the CUDA kernels would be), so `cleftgan-hpc doctor` reporting "kernels FALLBACK" is
+# expected in this image. The CUDA *devel* base (nvcc), g++, ninja and TORCH_CUDA_ARCH_LIST are
+# kept for kernels compiled at build time later; today g++ and python3-dev only serve pip should
+# a pinned package have no wheel for the base's Python.
+#
+# Left out on purpose: the `detect` extra (dlib-bin, face-recognition-models: face landmarks for
+# photos without a landmarks file). dlib is C++ and builds from source with a compiler toolchain
+# and cmake where no wheel fits, and its 68-point landmark model was trained on data whose licence
+# excludes commercial use. In this image a preprocess stage needs the landmarks file you pass
+# (its `landmarks:` CSV) or `fallback: center_crop`; or detect outside it with the extra.
 ARG BASE_IMAGE=nvidia/cuda:12.8.1-cudnn-devel-ubuntu24.04
 FROM ${BASE_IMAGE}
 
@@ -38,27 +52,19 @@ RUN apt-get update \
 
 WORKDIR /opt/cleftgan-hpc
 
-# Dependencies first (a layer that changes only with the pins), then the project.
+# Dependencies first (a layer that changes only with the pins), then the project. ray[tune] is
+# the `sweep` extra of pyproject.toml (and IMAGE_EXTRAS in containers/pin.py): keep them in step.
 COPY containers/constraints.txt containers/constraints.txt
 COPY containers/wheels/ /tmp/wheels/
 RUN pip install --no-cache-dir --find-links /tmp/wheels --extra-index-url "${TORCH_INDEX_URL}" \
-      --constraint containers/constraints.txt torch submitit
+      --constraint containers/constraints.txt torch submitit "ray[tune]"
 
 COPY pyproject.toml README.md ./
 COPY cleftgan_hpc/ cleftgan_hpc/
 COPY jobs/ jobs/
-RUN pip install --no-cache-dir --find-links /tmp/wheels --constraint containers/constraints.txt . \
+RUN pip install --no-cache-dir --find-links /tmp/wheels --constraint containers/constraints.txt ".[sweep]" \
  && pip check \
  && rm -rf /tmp/wheels
-
-# Compile the StyleGAN3 kernels ahead of time (the CUDA base has nvcc). The build module
-# arrives with the CUDA kernels; until then, and on a CPU base, the reference ops are used
-# and `cleftgan-hpc doctor` says so.
-RUN if python -c "import cleftgan_hpc.model.ops.build" 2>/dev/null; then \
-      python -m cleftgan_hpc.model.ops.build --arch "${TORCH_CUDA_ARCH_LIST}"; \
-    else \
-      echo "no compiled kernels in this version: the reference ops will be used"; \
-    fi
 
 RUN useradd --create-home --uid 1000 --shell /bin/bash cleftgan
 USER 1000:1000

@@ -7,6 +7,15 @@ class CleftGanError(Exception):
     """Base of all errors the CLI reports as one clear line (never a traceback)."""
 
 
+class FieldError(ValueError):
+    """Raised by a spec model's validator about particular fields: ``loc`` (relative to the
+    model) lets the spec reader point at the field's line instead of the model's."""
+
+    def __init__(self, message: str, *loc: str | int) -> None:
+        super().__init__(message)
+        self.loc = loc
+
+
 class SpecError(CleftGanError):
     """A job spec is invalid. Holds every problem found, each with file, line and column."""
 

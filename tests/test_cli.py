@@ -57,12 +57,13 @@ def test_plan_lists_stages_in_order_with_outputs() -> None:
 
 
 def test_schema_documents_every_field() -> None:
-    from cleftgan_hpc.spec.models import Resources, StoreConfig
+    from cleftgan_hpc.spec.kinds.evaluate import DISHOptions, PPLOptions
+    from cleftgan_hpc.spec.models import ContainerConfig, Resources, SlurmConfig, StoreConfig
     from cleftgan_hpc.spec.stages import KINDS
 
     out = cli("schema")
     assert out.returncode == 0
-    for model in (StoreConfig, Resources, *KINDS.values()):
+    for model in (StoreConfig, Resources, SlurmConfig, ContainerConfig, PPLOptions, DISHOptions, *KINDS.values()):
         for name, info in model.model_fields.items():
             assert f"`{name}`" in out.stdout
             assert info.description or name == "kind", f"{model.__name__}.{name} has no description"

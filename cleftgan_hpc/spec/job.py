@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from cleftgan_hpc.errors import FieldError
 from cleftgan_hpc.spec.models import NAME_RE, Resources, SlurmConfig, StoreConfig, Strict
 from cleftgan_hpc.spec.stages import AnyStage
 
@@ -56,9 +57,10 @@ class JobSpec(Strict):
                 continue
             r = self.resources_of(name)
             if r.gpus * r.nodes != gpus:
-                raise ValueError(
-                    f"stage {name!r} trains on gpus: {gpus} but its resources give {r.gpus} GPU(s) x {r.nodes} "
-                    f"node(s); set resources.gpus (per node) so that they agree"
+                raise FieldError(
+                    f"trains on gpus: {gpus} but its resources give {r.gpus} GPU(s) x {r.nodes} node(s); "
+                    "set resources.gpus (per node) so that they agree",
+                    "stages", name, "gpus",
                 )
         return self
 

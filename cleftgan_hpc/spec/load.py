@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from cleftgan_hpc.errors import SpecError, SpecProblem
+from cleftgan_hpc.errors import FieldError, SpecError, SpecProblem
 from cleftgan_hpc.spec.job import JobSpec
 from cleftgan_hpc.spec.models import NAME_RE, stage_ref
 from cleftgan_hpc.spec.stages import KINDS
@@ -307,7 +307,8 @@ def find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
 
 
 def _problem_from_pydantic(err: dict[str, Any], data: dict[str, Any], pos: Positions, file: str) -> SpecProblem:
-    loc = _data_loc(tuple(err["loc"]), data)
+    raised = (err.get("ctx") or {}).get("error")
+    loc = _data_loc(tuple(err["loc"]) + (raised.loc if isinstance(raised, FieldError) else ()), data)
     kind = err["type"]
     model = _model_at(loc[:-1], data) if loc else JobSpec
     if kind == "extra_forbidden":

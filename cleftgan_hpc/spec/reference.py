@@ -9,7 +9,14 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from cleftgan_hpc.spec.job import JobSpec
-from cleftgan_hpc.spec.models import Resources, StageBase, StoreConfig, input_fields
+from cleftgan_hpc.spec.models import (
+    ContainerConfig,
+    Resources,
+    SlurmConfig,
+    StageBase,
+    StoreConfig,
+    input_fields,
+)
 from cleftgan_hpc.spec.stages import KINDS
 
 
@@ -69,6 +76,12 @@ def spec_reference() -> str:
         model_table(StoreConfig),
         "### `resources` (job default and per stage)",
         model_table(Resources),
+        "### `slurm` (with `backend: slurm`)",
+        inspect.cleandoc(SlurmConfig.__doc__ or ""),
+        model_table(SlurmConfig),
+        "### `slurm.container`",
+        inspect.cleandoc(ContainerConfig.__doc__ or ""),
+        model_table(ContainerConfig),
         "### Every stage",
         model_table(StageBase)
         + f"\n| `kind` | {' or '.join(repr(k) for k in KINDS)} | **required** | What the stage does (tables below). |",

@@ -217,7 +217,7 @@ stages:
     gpus: 2
 """
     out = problems(tmp_path, text)
-    assert "stage 'train' trains on gpus: 2 but its resources give 0 GPU(s) x 1 node(s)" in out[0]
+    assert ":7:11: stages.train.gpus: trains on gpus: 2 but its resources give 0 GPU(s) x 1 node(s)" in out[0]
     ok = text + "    resources: {gpus: 2}\n"
     assert load_spec(write(tmp_path, ok), env={}).spec.stages["train"].gpus == 2
 
@@ -229,3 +229,13 @@ def test_union_errors_name_the_field_not_pydantic_tags(tmp_path: Path) -> None:
     out = problems(tmp_path, text)
     assert out == [f"{tmp_path / 'job.yaml'}:7:14: stages.t.augment: Input should be 'bgc', 'bg', 'c' or 'none', "
                    "or a valid list (got 'bgcx')"]  # one line for one mistake, no pydantic tags
+
+
+def test_cross_field_problems_point_at_the_field(tmp_path: Path) -> None:
+    """A model validator's FieldError lands on the field's line, not the model's."""
+    job = tmp_path / "g.yaml"
+    job.write_text("name: g\nstages:\n  t:\n    kind: finetune\n    network: random\n    dataset: d.zip\n"
+                   "    gpus: 4\n    resources: {gpus: 2}\n")
+    with pytest.raises(SpecError) as err:
+        load_spec(job)
+    assert str(err.value).startswith(f"{job}:7:11: stages.t.gpus: trains on gpus: 4")

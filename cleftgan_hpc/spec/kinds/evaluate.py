@@ -6,6 +6,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
+from cleftgan_hpc.errors import FieldError
 from cleftgan_hpc.spec.kinds.finetune import ExtractorInput, input_or
 from cleftgan_hpc.spec.kinds.synthesize import MAX_SEED
 from cleftgan_hpc.spec.models import Input, StageBase, Strict
@@ -102,9 +103,11 @@ class EvaluateStage(StageBase):
     @model_validator(mode="after")
     def _models_for_metrics(self) -> EvaluateStage:
         needs = {"fid": "feature_extractor", "kid": "feature_extractor", "ppl": "lpips", "dish": "severity_model"}
-        for metric in self.metrics:
+        for i, metric in enumerate(self.metrics):
             if getattr(self, needs[metric]) is None:
-                raise ValueError(f"metric {metric!r} needs {needs[metric]} (a TorchScript file, or 'demo')")
+                raise FieldError(
+                    f"metric {metric!r} needs {needs[metric]} (a TorchScript file, or 'demo')", "metrics", i
+                )
         if len(set(self.metrics)) != len(self.metrics):
-            raise ValueError(f"metrics lists a metric twice: {self.metrics}")
+            raise FieldError(f"metrics lists a metric twice: {self.metrics}", "metrics")
         return self

@@ -15,7 +15,7 @@ class PreprocessStage(StageBase):
 
     kind: Literal["preprocess"]
     images: Input = Field(
-        description="Directory of photos (JPEG, PNG, WebP, TIFF), searched recursively: "
+        description="Directory of photos (JPEG, PNG, WebP, TIFF, BMP), searched recursively: "
         "a path, store:PREFIX or stage:NAME.OUTPUT."
     )
     landmarks: Input | None = Field(

@@ -62,8 +62,9 @@ class SynthesizeStage(StageBase):
         "null keeps the network's resolution."
     )
     shard_size: int = Field(
-        1000, ge=1, le=1_000_000, description="Images per shard; the last shard may hold fewer. Around 1000 keeps "
-        "shards in the hundreds of MB at 1024x1024 PNG, the size streaming readers like."
+        1000, ge=1, le=1_000_000, description="Images per shard; the last shard may hold fewer. 1000 makes shards "
+        "of about 1.5 GB at 1024x1024 PNG (hundreds of MB at 512 px or as JPEG); up to upload_concurrency + 1 "
+        "shards wait on a task's scratch disk."
     )
     dataset: str = Field(
         description="Dataset name (stored under datasets/<name>/) or a store prefix containing '/'."
