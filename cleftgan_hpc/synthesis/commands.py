@@ -65,8 +65,10 @@ def add_commands(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "pull",
         help="download a committed dataset (parallel, resumable, sha256-checked)",
-        description="Copy a dataset's shards into DEST, checking each against the manifest's sha256. "
-        "Refuses a dataset without manifest.json (not committed). Shards already in DEST are kept.",
+        description="Copy a dataset's shards and its network file into DEST, checking each against the "
+        "manifest's sha256. Refuses a dataset without manifest.json (not committed). Shards already in DEST are "
+        "kept, and so are those an earlier pull committed there. With --shards, DEST's manifest lists only the "
+        "shards copied (subset_of names the original); once DEST holds every shard it is the original manifest.",
     )
     p.add_argument("url", metavar="DATASET_URL", help="s3://BUCKET/.../datasets/NAME, file://DIR/datasets/NAME")
     p.add_argument("dest", metavar="DEST", help="local directory")
@@ -80,7 +82,8 @@ def add_commands(subparsers: Any) -> None:
         "regenerate",
         help="rebuild one image of a dataset from its manifest and compare with the stored one",
         description="Recompute the image of SEED from the manifest's network and options; exit 0 when it is "
-        "byte-identical to the stored image, 1 when not.",
+        "byte-identical to the stored image, 1 when not, 2 when no comparison was made (an error, e.g. no "
+        "network: the dataset or copy has none and --network is not given).",
     )
     p.add_argument("url", metavar="DATASET_URL")
     p.add_argument("--seed", type=int, required=True)
@@ -204,21 +207,28 @@ def pull_command(args: argparse.Namespace) -> int:
     report = pull(open_source(args.url, args.endpoint_url), Path(args.dest), shards=args.shards, verify=args.verify,
                   jobs=args.jobs)
     print(f"pulled {args.url} into {args.dest}: {len(report.downloaded)} downloaded, {len(report.present)} already "
-          f"there" + (f", {len(report.repaired)} re-fetched (local copy was damaged)" if report.repaired else ""))
+          f"there" + (f", {len(report.repaired)} re-fetched (local copy was damaged)" if report.repaired else "")
+          + ("" if report.complete else f"; a partial copy of {report.shards} shards"))
+    if report.network == "missing":
+        print("note: the dataset has no network file; regenerate on this copy needs --network FILE", file=sys.stderr)
     return 0
 
 
 def regenerate_command(args: argparse.Namespace) -> int:
     from cleftgan_hpc.synthesis.manifest import open_source
-    from cleftgan_hpc.synthesis.regenerate import regenerate
+    from cleftgan_hpc.synthesis.regenerate import EXIT_ERROR, regenerate
 
-    r = regenerate(open_source(args.url, args.endpoint_url), args.seed,
-                   network=Path(args.network) if args.network else None, device=args.device)
+    try:
+        r = regenerate(open_source(args.url, args.endpoint_url), args.seed,
+                       network=Path(args.network) if args.network else None, device=args.device)
+    except CleftGanError as exc:  # 2, not 1: 1 means "rebuilt and differs"
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     if args.out:
         Path(args.out).write_bytes(r.image)
     verdict = "matches" if r.matches else "DIFFERS from"
     print(f"seed {r.seed}: rebuilt image {verdict} the stored one in {r.shard} (sha256 {r.sha256[:16]}...)")
-    return 0 if r.matches else 1
+    return r.exit_code
 
 
 def main(argv: list[str] | None = None) -> int:

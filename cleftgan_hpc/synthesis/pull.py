@@ -79,6 +79,21 @@ def _vouched(dest: Path) -> dict[str, str]:
         return {}
 
 
+def _select(manifest: dict[str, Any], shards: str) -> set[int]:
+    """Positions in the manifest's shard list of the shards the range names. The range counts the
+    original's shards (shard-000007.tar is 7), also when the source is a partial copy."""
+    opts, entries = manifest["options"], manifest["shards"]
+    total = (manifest.get("subset_of") or {}).get("shards", len(entries))
+    at = {(e["seeds"][0] - opts["first_seed"]) // opts["shard_size"]: i for i, e in enumerate(entries)}
+    wanted = parse_shard_range(shards, total)
+    if lacking := [k for k in wanted if k not in at]:
+        raise DatasetError(
+            f"this partial copy holds {len(entries)} of the dataset's {total} shards, not shard(s) "
+            f"{', '.join(map(str, lacking))}: pull them from the original"
+        )
+    return {at[k] for k in wanted}
+
+
 def subset_manifest(manifest: dict[str, Any], raw: bytes, shards: list[dict[str, Any]]) -> dict[str, Any]:
     """The manifest of a copy holding only ``shards``; ``subset_of`` names the original (kept from a
     source that is itself a partial copy: it is the original that matters)."""
@@ -96,7 +111,7 @@ def pull(
     and its network into ``dest``; DatasetError if any is corrupt."""
     manifest, raw = _read_manifest(source)
     entries = manifest["shards"]
-    chosen = set(parse_shard_range(shards, len(entries))) if shards else set(range(len(entries)))
+    chosen = _select(manifest, shards) if shards else set(range(len(entries)))
     dest.mkdir(parents=True, exist_ok=True)
     vouched = _vouched(dest)
     # shards an earlier pull of this same data committed stay in the copy: pulls add up, never shrink it
