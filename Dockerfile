@@ -25,6 +25,7 @@ FROM ${BASE_IMAGE}
 
 # torch comes from its own index: the CUDA 12.8 build by default, the CPU build with .../whl/cpu.
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
+# For compiled kernels to come (torch.utils.cpp_extension reads it); nothing uses it yet.
 ARG TORCH_CUDA_ARCH_LIST="7.0;7.5;8.0;8.6;8.9;9.0+PTX"
 # Offline builds: put every wheel in containers/wheels/ and pass --build-arg PIP_NO_INDEX=1.
 ARG PIP_NO_INDEX

@@ -8,8 +8,8 @@ Run it with the venv of `make venv` (it has the dev extra, hence ray[tune]): the
 from what is installed there, so the pins are the set the test suite ran with. A dependency
 that applies on this Python and platform but is not installed is an error (install it first).
 Dependencies behind markers that are false here (another Python, another OS) are pinned when
-installed anyway and otherwise listed as not pinned; they do not apply to the image either as
-long as its Python matches this venv's (3.11 on the CPU test base, Debian bookworm).
+installed anyway and otherwise listed as not pinned: check that list against the image's Python
+(3.11 on Debian bookworm, the CPU test base; 3.12 on the default Ubuntu 24.04 CUDA base).
 Not pinned here, on purpose: the CUDA build's nvidia-* and triton packages, which torch's CUDA
 wheels pin to exact versions themselves, and the `detect` extra (dlib), which the image leaves
 out (see the Dockerfile).
@@ -30,8 +30,9 @@ except ModuleNotFoundError:  # Python 3.10
     try:
         import tomli as tomllib  # type: ignore[no-redef]
     except ModuleNotFoundError:
-        sys.exit("containers/pin.py reads pyproject.toml: it needs Python >= 3.11 (tomllib) or, on 3.10, "
-                 "`pip install tomli`")
+        sys.exit(
+            "containers/pin.py reads pyproject.toml: it needs Python >= 3.11 (tomllib) or, on 3.10, `pip install tomli`"
+        )
 
 try:
     from packaging.requirements import Requirement
@@ -94,8 +95,10 @@ def pins() -> tuple[dict[str, str], list[str]]:
             except md.PackageNotFoundError:
                 skipped.append(f"{dep}  (from {dist.metadata['Name']})")
     if missing:
-        sys.exit("containers/pin.py: not installed in this venv, so they cannot be pinned (run `make venv`): "
-                 + ", ".join(sorted(set(missing))))
+        sys.exit(
+            "containers/pin.py: not installed in this venv, so they cannot be pinned (run `make venv`): "
+            + ", ".join(sorted(set(missing)))
+        )
     return found, sorted(set(skipped))
 
 

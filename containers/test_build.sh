@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# Build the Dockerfile on the CPU base and run `cleftgan-hpc doctor` and the demo inside it,
-# with no network at run time. Also lints the Dockerfile (hadolint) and parses the Apptainer
+# Build the Dockerfile on the CPU base and run `cleftgan-hpc doctor`, a small Ray Tune run (the
+# image carries the `sweep` extra) and the demo inside it, with no network at run time. The build
+# is offline from exactly the wheels pinned in containers/constraints.txt, and every package in
+# the image must be one of those pins. Also lints the Dockerfile (hadolint) and parses the Apptainer
 # definition (spython). Root only (Debian 12): it installs docker.io and debootstrap, starts
 # its own dockerd, and makes the base image locally (no registry is reachable here):
 #
 #   debootstrap --variant=minbase bookworm  ->  docker import  ->  cleftgan-base:bookworm
 #
 # State (docker data, the base rootfs) lives in $CLEFTGAN_DOCKER_DIR (default /tmp/cleftgan-docker)
-# and is reused by later runs. Takes a few minutes from nothing; see docs/slurm.md for timings.
+# and is reused by later runs. Takes a few minutes from nothing; the README has timings.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -80,20 +82,20 @@ if ! docker image inspect "$BASE" >/dev/null 2>&1; then
 fi
 
 # -- build -------------------------------------------------------------------------------------------
-# The build context is a copy of the project plus the CPU torch wheel that lies on this machine
-# (so torch is not downloaded); everything else comes from PyPI during the build only.
+# The build context is a copy of the project plus the wheels of every pin in
+# containers/constraints.txt (torch: the CPU wheel that lies on this machine, so it is not
+# downloaded); the others come from PyPI, here, before the build.
 CTX="$STATE/context"
 rm -rf "$CTX" && mkdir -p "$CTX"
 (cd "$ROOT" && tar -c --exclude=.venv --exclude=.git --exclude='__pycache__' --exclude=store \
    --exclude=slurm-logs Dockerfile .dockerignore pyproject.toml README.md cleftgan_hpc jobs containers) | tar -C "$CTX" -x
 # The build container cannot verify this machine's TLS proxy, so it gets every wheel in the
-# context and builds offline (PIP_NO_INDEX=1): pip here downloads them, pinned.
-log "pip download (pinned wheels for the offline build)"
-"$PY" -c 'import sys, tomllib; print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]))' \
-  "$ROOT/pyproject.toml" >"$STATE/requirements.txt"
-"$PY" -m pip download -q -d "$CTX/containers/wheels" --only-binary=:all: \
-  --constraint "$ROOT/containers/constraints.txt" -r "$STATE/requirements.txt" torch submitit setuptools >"$STATE/pip-download.log" 2>&1 \
-  || die "pip download failed"
+# context and builds offline (PIP_NO_INDEX=1): pip here downloads exactly the pinned wheels and
+# nothing else (--no-deps), so a dependency missing from the pins fails the build.
+log "pip download (the pinned wheels, for the offline build)"
+"$PY" -m pip download -q -d "$CTX/containers/wheels" --only-binary=:all: --no-deps \
+  -r "$ROOT/containers/constraints.txt" >"$STATE/pip-download.log" 2>&1 \
+  || { tail -20 "$STATE/pip-download.log" >&2; die "pip download failed: $STATE/pip-download.log"; }
 log "docker build ($IMAGE, CPU base)"
 t_build=$SECONDS
 docker build --network host -q -t "$IMAGE" \
@@ -102,8 +104,31 @@ docker build --network host -q -t "$IMAGE" \
   "$CTX" >"$STATE/build.log" 2>&1 || { tail -40 "$STATE/build.log" >&2; die "docker build failed"; }
 log "built in $((SECONDS - t_build))s: $(docker image inspect -f '{{.Size}}' "$IMAGE" | awk '{printf "%.0f MB", $1/1e6}')"
 
-# -- run: doctor, then the demo, with no network ------------------------------------------------------
+# -- run: what is installed, doctor, Ray Tune, then the demo, with no network -------------------------
 [[ "$(docker run --rm --network none --entrypoint id "$IMAGE" -u)" != 0 ]] || die "the image runs as root"
+# pip freeze leaves out pip and setuptools: those of the venv itself, from the base's python3-venv.
+log "every Python package in the image is pinned in containers/constraints.txt"
+docker run --rm --network none --entrypoint pip "$IMAGE" freeze --exclude cleftgan-hpc >"$STATE/freeze.txt" \
+  || die "pip freeze failed in the container"
+"$PY" - "$ROOT/containers/constraints.txt" "$STATE/freeze.txt" <<'EOF' || die "the image holds packages not pinned in containers/constraints.txt"
+import re
+import sys
+
+
+def norm(line: str) -> str:
+    name, _, version = line.strip().partition("==")
+    return re.sub(r"[-_.]+", "-", name).lower() + "==" + version.split("+")[0]  # torch 2.13.0+cpu
+
+
+pins = {norm(line) for line in open(sys.argv[1]) if line.strip() and not line.startswith("#")}
+installed = [line.strip() for line in open(sys.argv[2]) if line.strip()]
+stray = [line for line in installed if norm(line) not in pins]
+for line in stray:
+    print(f"  not pinned: {line}", file=sys.stderr)
+print(f"  {len(installed)} packages, all pinned" if not stray else f"  {len(stray)} of {len(installed)} not pinned",
+      file=sys.stderr)
+sys.exit(1 if stray else 0)
+EOF
 log "cleftgan-hpc doctor (in the container)"
 if ! docker run --rm --network none "$IMAGE" --help | grep -qw doctor; then
   log "  (doctor is not wired into the cli yet: running python -m cleftgan_hpc.doctor)"
@@ -113,6 +138,30 @@ else
 fi
 docker run --rm --network none "${doctor[@]}" --store file:///tmp/store | sed 's/^/  /' >&2 \
   || die "doctor failed in the container"
+# The sweep extra: Ray Tune imports, with the modules the sweep stage uses, and runs a tiny
+# experiment (a local Ray, 2 trials) as the image's user, without network; the `ray` command
+# (a sweep's Ray cluster on Slurm) is in the venv.
+log "ray.tune (the sweep extra) imports and runs (in the container, no network)"
+docker run --rm --network none --shm-size=256m --entrypoint python "$IMAGE" -c '
+import pyarrow.fs  # noqa: F401  Tune storage on our store (cleftgan_hpc.launch.tune_storage)
+import ray
+import ray.tune
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining  # noqa: F401
+from ray.tune.search.basic_variant import BasicVariantGenerator  # noqa: F401
+
+import cleftgan_hpc.launch.ray_tune  # noqa: F401
+import cleftgan_hpc.launch.tune_storage  # noqa: F401
+
+ray.init(num_cpus=2, include_dashboard=False, _temp_dir="/tmp/ray", log_to_driver=False)
+grid = tune.Tuner(lambda config: {"score": config["x"] ** 2}, param_space={"x": tune.grid_search([1, 2])},
+                  run_config=tune.RunConfig(storage_path="/tmp/tune", verbose=0)).fit()
+assert not grid.errors and sorted(r.metrics["score"] for r in grid) == [1, 4], grid
+print(f"ray {ray.__version__}: ray.tune imports; a 2-trial Tune run finished")
+' >"$STATE/ray.log" 2>&1 || { tail -30 "$STATE/ray.log" >&2; die "ray.tune does not import or run in the container"; }
+tail -1 "$STATE/ray.log" | sed 's/^/  /' >&2
+docker run --rm --network none --entrypoint ray "$IMAGE" --version | sed 's/^/  /' >&2 \
+  || die "the ray command (a sweep's Ray cluster on Slurm) does not run in the container"
 log "the demo (in the container, no network)"
 docker run --rm --network none -e CLEFTGAN_STORE=/tmp/store "$IMAGE" run /opt/cleftgan-hpc/jobs/demo.yaml \
   >"$STATE/demo.log" 2>&1 || { tail -30 "$STATE/demo.log" >&2; die "the demo failed in the container"; }
