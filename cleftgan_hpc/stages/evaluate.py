@@ -1,7 +1,7 @@
 """The evaluate stage: FID, KID, PPL and DISH of a generator against the real dataset.
 
 One pass generates the images (seeds first_seed.., z as the synthesize stage draws it) and
-feeds each batch to the Inception stand-in for FID/KID and to the severity model for DISH; a
+feeds each batch to the Inception network for FID/KID and to the severity model for DISH; a
 second pass measures PPL. Per-image results are saved to the store every ``save_every_s``, so
 a preempted run (SIGTERM/SIGUSR2: exit 75, requeue) resumes from there; every image is a pure
 function of its index, so the resumed result equals an uninterrupted one.
