@@ -31,8 +31,16 @@ dataset:
 """
 
 
-def describe(run: RunState) -> dict[str, str]:
-    return SlurmLauncher().describe(make_plan(run.load_spec(), run.run_id), run)
+def describe(run: RunState, settle: float = 30) -> dict[str, str]:
+    """The launcher's per-stage Slurm details once accounting has caught up: slurmdbd records a
+    job's end a moment after it leaves the queue, so a finished job can still read RUNNING."""
+    deadline = time.monotonic() + settle
+    while True:
+        detail = SlurmLauncher().describe(make_plan(run.load_spec(), run.run_id), run)
+        busy = any(w in d for d in detail.values() for w in ("PENDING", "RUNNING", "COMPLETING"))
+        if not busy or time.monotonic() > deadline:
+            return detail
+        time.sleep(0.5)
 
 
 def log_text(run: RunState, stage: str, job_id: str | None = None) -> str:
