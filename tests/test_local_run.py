@@ -173,6 +173,7 @@ stages:
     augment: none
     seed: {seed}
     processes: {processes}
+    gamma: {gamma}
 """
 
 
@@ -183,23 +184,30 @@ def test_a_longer_kimg_continues_training_and_another_seed_starts_over(tmp_path:
     job = tmp_path / "job.yaml"
     store = LocalStore(tmp_path / "store")
     run = RunState(store, "l-1")
-    job.write_text(TRAIN.format(dataset=tiny_dataset, kimg=0.016, seed=1, processes=2))
+    job.write_text(TRAIN.format(dataset=tiny_dataset, kimg=0.016, seed=1, processes=2, gamma=1))
     first = run_cli("run", str(job), "--run", "l-1", cwd=tmp_path)
     assert first.returncode == 0, first.stdout + first.stderr
 
     # train further, on one process instead of two (a requeue onto fewer GPUs)
-    job.write_text(TRAIN.format(dataset=tiny_dataset, kimg=0.032, seed=1, processes=1))
+    job.write_text(TRAIN.format(dataset=tiny_dataset, kimg=0.032, seed=1, processes=1, gamma=1))
     longer = run_cli("run", str(job), "--run", "l-1", cwd=tmp_path)
     assert longer.returncode == 0, longer.stdout + longer.stderr
     assert "~ train: its config changed only in settings it can continue with" in longer.stdout
     assert "resumed from step 4 (kimg 0.02)" in longer.stdout  # the stage's log, shown live
     assert run.status("train").attempt == 2
 
-    job.write_text(TRAIN.format(dataset=tiny_dataset, kimg=0.032, seed=2, processes=1))  # another run altogether
+    # a setting it could continue with, but there is nothing left to train: the old weights are
+    # not this config's result, and it says what to do instead
+    job.write_text(TRAIN.format(dataset=tiny_dataset, kimg=0.032, seed=1, processes=1, gamma=2))
+    stale = run_cli("run", str(job), "--run", "l-1", cwd=tmp_path)
+    assert stale.returncode != 0 and run.status("train").state == "failed"
+    assert "already trained to the end with other settings; raise kimg" in (run.status("train").error or "")
+
+    job.write_text(TRAIN.format(dataset=tiny_dataset, kimg=0.032, seed=2, processes=1, gamma=2))  # another run
     other = run_cli("run", str(job), "--run", "l-1", cwd=tmp_path)
     assert other.returncode == 0, other.stdout + other.stderr
     assert "~ train: its config or an upstream stage changed since it ran; starting over" in other.stdout
-    assert "resumed from step" not in other.stdout and run.status("train").attempt == 3
+    assert "resumed from step" not in other.stdout and run.status("train").attempt == 4
 
     # the evaluate stage checks its saved progress itself, so any of its settings may change
     assert EvaluateStage.reusable_changes == set(EvaluateStage.model_fields) - {"kind", "needs", "resources"}

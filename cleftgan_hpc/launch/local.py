@@ -75,9 +75,11 @@ class LocalLauncher:
                 reason = f"not run: upstream stage {blocked[0]!r} {outcome.get(blocked[0], 'did not finish')}"
                 run.set_status(
                     s.name,
+                    # the fingerprints it last ran with: its old work was not cleared, so the next
+                    # launch must still see the change and decide again
                     StageStatus(
-                        "cancelled", status.attempt, error=reason, fingerprint=s.fingerprint,
-                        work_fingerprint=s.work_fingerprint,
+                        "cancelled", status.attempt, error=reason, fingerprint=status.fingerprint,
+                        work_fingerprint=status.work_fingerprint,
                     ),
                 )
                 say(f"x {s.name}: {reason}")

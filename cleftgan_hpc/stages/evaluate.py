@@ -128,16 +128,18 @@ def series_identities(
     return {k: hashlib.sha256(json.dumps(v, sort_keys=True).encode()).hexdigest() for k, v in parts.items()}
 
 
-def resume_point(partial: PartialResults, names: list[str], total: int, step: int) -> int:
-    """Where series computed together go on: the shortest one's length, down to a multiple of
-    ``step`` (so batches start at the samples an uninterrupted run starts them at), at most
-    ``total``; longer series are cut back to it."""
-    start = min(min(partial.done(n) for n in names), total)
-    if start < total:
-        start -= start % step
+def resume_points(partial: PartialResults, names: list[str], total: int, step: int) -> dict[str, int]:
+    """Where each series goes on: its length, down to a multiple of ``step`` (so batches start at
+    the samples an uninterrupted run starts them at), at most ``total``; rows past it are cut.
+    Series computed in one pass resume from the smallest and skip the rows they already have."""
+    points = {}
     for n in names:
+        start = min(partial.done(n), total)
+        if start < total:
+            start -= start % step
         partial.truncate(n, start)
-    return start
+        points[n] = start
+    return points
 
 
 def check_images_match(G: Any, real: Any, log: Any) -> dict[str, int]:
@@ -205,16 +207,17 @@ def _run(cfg: EvaluateStage, ctx: StageContext) -> dict[str, str]:
     # -- pass 1: each batch of generated images is made once, for features and severity scores
     series = [n for n, m in (("features", models.extractor), ("severity", models.severity)) if m is not None]
     if series:
-        start = resume_point(partial, series, cfg.num_images, cfg.batch)
+        points = resume_points(partial, series, cfg.num_images, cfg.batch)
+        start = min(points.values())
         progress = ctx.progress(cfg.num_images, "evaluate: generated images", "images")
         progress.update(start)
         for first in range(start, cfg.num_images, cfg.batch):
             _stop_if_asked(ctx, partial)
             seeds = range(cfg.first_seed + first, cfg.first_seed + min(first + cfg.batch, cfg.num_images))
             images = generate(G, seeds, labels, cfg.truncation_psi, device)
-            if models.extractor is not None:
+            if models.extractor is not None and first >= points["features"]:
                 partial.extend("features", models.extractor.features([images]))
-            if models.severity is not None:
+            if models.severity is not None and first >= points["severity"]:
                 partial.extend("severity", models.severity.scores(images))
             partial.maybe_save()
             progress.update(len(seeds))
@@ -224,9 +227,9 @@ def _run(cfg: EvaluateStage, ctx: StageContext) -> dict[str, str]:
     if models.lpips is not None:
         from cleftgan_hpc.metrics.ppl import PPLSettings, path_lengths
 
-        settings = PPLSettings(cfg.ppl.epsilon, cfg.ppl.space, cfg.ppl.sampling, cfg.ppl.crop)
+        settings = PPLSettings(**cfg.ppl.model_dump(exclude={"samples"}))
         chunk = cfg.batch * 8  # pairs between saves
-        done = resume_point(partial, ["path_lengths"], cfg.ppl.samples, chunk)
+        done = resume_points(partial, ["path_lengths"], cfg.ppl.samples, chunk)["path_lengths"]
         progress = ctx.progress(cfg.ppl.samples, "evaluate: PPL", "pairs")
         progress.update(done)
         while done < cfg.ppl.samples:

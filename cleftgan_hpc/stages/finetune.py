@@ -146,6 +146,13 @@ def training_config_hash(cfg: FinetuneStage) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def finished_config_hash(cfg: FinetuneStage) -> str:
+    """What a run that has already trained to the end must agree with to be exported again:
+    everything but the length and how many checkpoints are kept (a longer kimg trains further)."""
+    data = cfg.model_dump(mode="json", exclude={"needs", "resources", "kimg", "keep_checkpoints"})
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def run(
     cfg: FinetuneStage, ctx: StageContext, *, on_snapshot: SnapshotHook | None = None, start_from: str | None = None
 ) -> dict[str, str]:
@@ -200,6 +207,19 @@ def _train(
     else:
         for m in (nets.G, nets.D, nets.G_ema):
             distributed.broadcast_module(m, d.world_size)
+    if state is not None and not start_from and trainer.progress.step >= total_steps(cfg):
+        # nothing left to train: exporting these weights as this config's result is right only
+        # if they were trained with it (a sweep's restored trial passes start_from instead)
+        if trainer.progress.step > total_steps(cfg):
+            raise CleftGanError(
+                f"the checkpoints are at step {trainer.progress.step}, past this config's kimg {cfg.kimg:g} "
+                f"({total_steps(cfg)} steps): raise kimg to continue, or run the stage with --force to start over"
+            )
+        if state.get("finished_config_hash", finished_config_hash(cfg)) != finished_config_hash(cfg):
+            raise CleftGanError(
+                "this stage already trained to the end with other settings; raise kimg to continue with the "
+                "new ones, or run the stage with --force to start over"
+            )
     metrics = None
     if cfg.metrics:  # on every rank: each generates a slice of the metric images
         assert cfg.feature_extractor is not None  # the config validator guarantees it
@@ -228,6 +248,7 @@ def _train(
         payload["metrics"] = history
         payload["stats_window"] = {k: [float(x) for x in v] for k, v in window.items()}
         payload["config_hash"] = config_hash
+        payload["finished_config_hash"] = finished_config_hash(cfg)
         return ckpts.save(payload, prog.step, prog.best_key, ctx.log)
 
     t_attempt = time.monotonic()

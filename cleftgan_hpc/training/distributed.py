@@ -31,7 +31,7 @@ def init(d: DistEnv, device: torch.device) -> None:
         init_method=f"tcp://{d.master_addr}:{d.master_port}",
         rank=d.rank,
         world_size=d.world_size,
-        timeout=datetime.timedelta(hours=2),  # rank 0 alone writes snapshots (grids, big checkpoints)
+        timeout=datetime.timedelta(hours=2),  # the others wait while rank 0 fills the real-set cache or writes
     )
 
 
@@ -60,9 +60,7 @@ def all_sum(values: torch.Tensor, world_size: int) -> torch.Tensor:
     nccl reduces CUDA tensors only, so CPU values travel through the current GPU and back."""
     if world_size == 1:
         return values
-    comm = values.clone()
-    if dist.get_backend() == "nccl" and comm.device.type != "cuda":
-        comm = comm.to(torch.device("cuda", torch.cuda.current_device()))
+    comm = values.clone().to(_comm_device(values.device))
     dist.all_reduce(comm)
     return comm.to(values.device)
 

@@ -67,11 +67,12 @@ class SnapshotMetrics:
             return
         cache = FeatureStatsCache(ctx.store)
         images = data.images.permute(0, 2, 3, 1).numpy()  # [N, H, W, C] uint8, no mirroring: the real set
-        self.real, hit = cache.get_or_compute(
-            sha256_file(dataset_file),
-            self.extractor.digest,
-            lambda: self.extractor.features(uint8_batches(iter(images), batch)),
-        )
+        with exact_fp32():  # the cache is shared with the evaluate stage: same precision
+            self.real, hit = cache.get_or_compute(
+                sha256_file(dataset_file),
+                self.extractor.digest,
+                lambda: self.extractor.features(uint8_batches(iter(images), batch)),
+            )
         ctx.log.info(
             f"metrics {names}: real-set features {'from the cache' if hit else 'computed and cached'} "
             f"({self.real.num_items} images), {num_samples} generated images per snapshot"

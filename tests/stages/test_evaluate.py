@@ -279,3 +279,36 @@ def test_measuring_runs_without_tf32_and_restores_the_setting() -> None:
     with exact_fp32():
         assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
     assert torch.backends.cudnn.allow_tf32
+
+
+def test_adding_a_metric_keeps_the_work_of_the_others(tmp_path: Path, net32: Path, tiny_dataset: Path,
+                                                      caplog: pytest.LogCaptureFixture,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A preempted kid-only evaluation asked again with dish as well: the Inception features
+    already saved are kept (not recomputed) and the numbers are those of one full run."""
+    store = LocalStore(tmp_path / "store")
+    both = make_cfg(net32, tiny_dataset, metrics=["kid", "dish"], num_images=24, save_every_s=1e-9, batch=4)
+    whole = run_stage(both, make_ctx(store, tmp_path, "whole"))
+    ctx = make_ctx(store, tmp_path, "grown")
+    ctx.should_stop = lambda: _saved_rows(store, ctx.key("progress")).get("features", 0) >= 12  # type: ignore[method-assign]
+    from cleftgan_hpc.stages.evaluate import run
+
+    with pytest.raises(StopRequested):
+        run(make_cfg(net32, tiny_dataset, metrics=["kid"], num_images=24, save_every_s=1e-9, batch=4), ctx)
+    kept = _saved_rows(store, ctx.key("progress"))["features"]
+    ctx.should_stop = lambda: False  # type: ignore[method-assign]
+    from cleftgan_hpc.metrics.features import FeatureExtractor
+
+    seen = {"images": 0}
+    original = FeatureExtractor.__call__
+
+    def counting(self: FeatureExtractor, images: Any) -> Any:
+        seen["images"] += len(images)
+        return original(self, images)
+
+    monkeypatch.setattr(FeatureExtractor, "__call__", counting)
+    with caplog.at_level(logging.INFO):
+        grown = run_stage(both, ctx)
+    assert f"resuming: features {kept}" in caplog.text
+    assert seen["images"] == 24 - kept  # only the missing generated images (the real set is cached)
+    assert grown["metrics"] == whole["metrics"]

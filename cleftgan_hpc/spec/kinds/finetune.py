@@ -6,6 +6,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import AfterValidator, Field, ValidationInfo, model_validator
 
+from cleftgan_hpc.errors import FieldError
 from cleftgan_hpc.spec.models import Input, StageBase, Strict, _input
 
 
@@ -161,5 +162,5 @@ class FinetuneStage(StageBase, FinetuneSettings):
     @model_validator(mode="after")
     def _metrics_need_extractor(self) -> FinetuneStage:
         if self.metrics and self.feature_extractor is None:
-            raise ValueError("metrics need feature_extractor: the Inception TorchScript file, or 'demo'")
+            raise FieldError("metrics need feature_extractor: the Inception TorchScript file, or 'demo'", "metrics")
         return self
