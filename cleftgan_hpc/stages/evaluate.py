@@ -94,8 +94,10 @@ def label_rows(labels: np.ndarray | None, c_dim: int) -> np.ndarray | None:
 
 @torch.no_grad()
 def generate(G: Any, seeds: range, labels: np.ndarray | None, psi: float, device: str) -> torch.Tensor:
-    """uint8 [N, C, H, W] images of ``seeds``; a conditional net gets a real label drawn per seed."""
-    from cleftgan_hpc.model.generate import seed_to_z, to_uint8
+    """uint8 [N, C, H, W] images of ``seeds``, on ``device``; a conditional net gets a real label
+    drawn per seed."""
+    from cleftgan_hpc.metrics.features import images_to_uint8
+    from cleftgan_hpc.model.generate import seed_to_z
     from cleftgan_hpc.synthesis.generate import LABEL_STREAM  # a label per seed, drawn as synthesis draws one
 
     z = torch.from_numpy(np.concatenate([seed_to_z(s, G.z_dim) for s in seeds])).float().to(device)
@@ -103,8 +105,7 @@ def generate(G: Any, seeds: range, labels: np.ndarray | None, psi: float, device
     if labels is not None:
         pick = [int(np.random.default_rng([s, LABEL_STREAM]).integers(len(labels))) for s in seeds]
         c = torch.from_numpy(labels[pick]).to(device)
-    images = to_uint8(G(z, c, truncation_psi=psi))  # [N, H, W, C] uint8 on the host
-    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+    return images_to_uint8(G(z, c, truncation_psi=psi))  # stays on the device for the measuring networks
 
 
 def series_identities(
@@ -312,7 +313,7 @@ def report_png(values: dict[str, float], grid: torch.Tensor, dish_result: Any, l
     panels = 1 + (dish_result is not None) + (lengths is not None)
     fig, axes = plt.subplots(1, panels, figsize=(4.5 * panels, 4.5), squeeze=False)
     ax = axes[0][0]
-    tiles = grid.permute(0, 2, 3, 1).numpy()  # [N, H, W, C]
+    tiles = grid.permute(0, 2, 3, 1).cpu().numpy()  # [N, H, W, C]
     image = make_grid(tiles, cols=math.ceil(math.sqrt(len(tiles))))
     ax.imshow(image[:, :, 0] if image.shape[2] == 1 else image, cmap="gray" if image.shape[2] == 1 else None)
     ax.set_title("generated (first seeds)")

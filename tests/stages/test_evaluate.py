@@ -138,13 +138,13 @@ def test_a_stopped_evaluation_resumes_to_the_same_numbers(tmp_path: Path, net32:
     from cleftgan_hpc.stages.evaluate import run
 
     # a stop request once some images are saved (in the image pass) ...
-    ctx.should_stop = lambda: _saved_rows(store, ctx.key("progress")).get("features", 0) > 0  # type: ignore[method-assign]
+    stop_once_saved(ctx, store, "features", 1)
     with pytest.raises(StopRequested):
         run(cfg, ctx)
     rows = _saved_rows(store, ctx.key("progress"))
     assert 0 < rows["features"] < 40 and "path_lengths" not in rows
     # ... then once some path lengths are (inside the PPL pass: a stop must not wait for a chunk)
-    ctx.should_stop = lambda: _saved_rows(store, ctx.key("progress")).get("path_lengths", 0) > 0  # type: ignore[method-assign]
+    stop_once_saved(ctx, store, "path_lengths", 1)
     with pytest.raises(StopRequested):
         run(cfg, ctx)
     rows = _saved_rows(store, ctx.key("progress"))
@@ -153,6 +153,11 @@ def test_a_stopped_evaluation_resumes_to_the_same_numbers(tmp_path: Path, net32:
     resumed = run_stage(cfg, ctx)
     assert resumed["resumed"] is True
     assert resumed["metrics"] == whole["metrics"]  # exactly: every sample is a pure function of its index
+
+
+def stop_once_saved(ctx: StageContext, store: ObjectStore, series: str, rows: int) -> None:
+    """Make the stage see a stop request once ``rows`` rows of ``series`` are saved."""
+    ctx.should_stop = lambda: _saved_rows(store, ctx.key("progress")).get(series, 0) >= rows  # type: ignore[method-assign]
 
 
 def _saved_rows(store: ObjectStore, prefix: str) -> dict[str, int]:
@@ -233,7 +238,7 @@ def test_a_series_saved_shorter_than_its_partner_is_recomputed(tmp_path: Path, n
     cfg = make_cfg(net32, tiny_dataset, metrics=["kid", "dish"], num_images=24, save_every_s=1e-9, batch=4)
     whole = run_stage(cfg, make_ctx(store, tmp_path, "whole"))
     ctx = make_ctx(store, tmp_path, "cut")
-    ctx.should_stop = lambda: _saved_rows(store, ctx.key("progress")).get("severity", 0) >= 12  # type: ignore[method-assign]
+    stop_once_saved(ctx, store, "severity", 12)
     from cleftgan_hpc.stages.evaluate import run
 
     with pytest.raises(StopRequested):
@@ -290,7 +295,7 @@ def test_adding_a_metric_keeps_the_work_of_the_others(tmp_path: Path, net32: Pat
     both = make_cfg(net32, tiny_dataset, metrics=["kid", "dish"], num_images=24, save_every_s=1e-9, batch=4)
     whole = run_stage(both, make_ctx(store, tmp_path, "whole"))
     ctx = make_ctx(store, tmp_path, "grown")
-    ctx.should_stop = lambda: _saved_rows(store, ctx.key("progress")).get("features", 0) >= 12  # type: ignore[method-assign]
+    stop_once_saved(ctx, store, "features", 12)
     from cleftgan_hpc.stages.evaluate import run
 
     with pytest.raises(StopRequested):
