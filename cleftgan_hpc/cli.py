@@ -17,7 +17,10 @@ from cleftgan_hpc.errors import CleftGanError, SpecError
 def _load(path: str):  # -> LoadedSpec
     from cleftgan_hpc.spec.load import load_spec
 
-    return load_spec(path)
+    loaded = load_spec(path)
+    for warning in loaded.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return loaded
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

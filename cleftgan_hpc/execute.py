@@ -29,6 +29,7 @@ from cleftgan_hpc.stages import stage_function
 from cleftgan_hpc.stages.context import EXIT_REQUEUE, StageContext, StopRequested
 
 EXIT_FAILED = 1
+PARENT_PID_ENV = "CLEFTGAN_LAUNCHER_PID"  # set by the local launcher on the stage processes it starts
 
 
 def scratch_root() -> Path:
@@ -84,6 +85,8 @@ def execute_stage(store_cfg: StoreConfig, run_id: str, stage: str, task: int | N
         cpus=_cpus(planned.resources.cpus_per_task),
     )
     ctx.install_signal_handlers()
+    if os.environ.get(PARENT_PID_ENV):  # started by the local launcher: do not outlive it
+        ctx.stop_when_parent_dies(int(os.environ[PARENT_PID_ENV]))
     cfg = _with_upstream_inputs(run, planned)
     if env_rank() > 0:
         if not getattr(type(cfg), "task_per_gpu", False):  # only data-parallel stages use more tasks

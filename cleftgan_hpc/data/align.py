@@ -108,6 +108,12 @@ def ffhq_quad(landmarks: np.ndarray) -> Quad:
     return Quad(c=c, x=x, y=y)
 
 
+def face_size(landmarks: np.ndarray) -> float:
+    """The side, in source pixels, of the square that alignment resamples to the output: what
+    decides how much real detail the aligned face has (raise ValueError for bad landmarks)."""
+    return ffhq_quad(landmarks).size
+
+
 def align_face(image: Image.Image, landmarks: np.ndarray, resolution: int) -> tuple[Image.Image, np.ndarray]:
     """Align an RGB photo to a ``resolution`` square the FFHQ way.
 

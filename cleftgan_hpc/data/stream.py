@@ -93,7 +93,8 @@ class ShardDataset(IterableDataset):
     def __iter__(self) -> Iterator[Any]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        samples = (self._decoded(s) for shard in self.my_shards(worker, workers) for s in self._read_shard(shard))
+        shards = self.my_shards(worker, workers)
+        samples = (self._decoded(s, shard["name"]) for shard in shards for s in self._read_shard(shard))
         if self.shuffle > 1:
             rng = random.Random(f"{self.seed}:{self.epoch}:{self.rank}:{worker}")
             samples = _buffer_shuffle(samples, self.shuffle, rng)
@@ -124,16 +125,32 @@ class ShardDataset(IterableDataset):
                 self._source = None
                 time.sleep(min(0.5 * 2 ** (attempt - 1), 8.0))
 
-    def _decoded(self, sample: dict[str, Any]) -> dict[str, Any]:
+    def _decoded(self, sample: dict[str, Any], shard: str) -> dict[str, Any]:
+        # A shard written elsewhere (or by hand) may lack a member: say which, not a bare KeyError.
+        # Members beyond the image and the json (a .txt, a .cls) are another tool's: ignored.
+        key = sample["__key__"]
+        where = f"{self.url.rstrip('/')}/{shard}, sample {key!r}"
+        found = ", ".join(f".{m}" for m in sorted(sample) if m != "__key__") or "none"
+        for member in (self.extension, "json"):
+            if member not in sample:
+                raise DataError(f"{where}: no {key}.{member} member (the manifest says .{self.extension} images "
+                                f"with .json provenance; this sample has {found})")
         data = sample[self.extension]
-        out: dict[str, Any] = {"__key__": sample["__key__"], "json": json.loads(sample["json"])}
+        try:
+            meta = json.loads(sample["json"])
+        except ValueError as e:
+            raise DataError(f"{where}: {key}.json is not valid JSON: {e}") from None
+        out: dict[str, Any] = {"__key__": key, "json": meta}
         if self.decode == "raw":
             out["image"] = data
             return out
         from PIL import Image
 
-        im = Image.open(io.BytesIO(data))
-        im.load()
+        try:
+            im = Image.open(io.BytesIO(data))
+            im.load()
+        except (OSError, SyntaxError, ValueError) as e:  # PIL's errors for undecodable bytes
+            raise DataError(f"{where}: {key}.{self.extension} is not a readable image: {e}") from None
         if self.decode == "pil":
             out["image"] = im
         else:

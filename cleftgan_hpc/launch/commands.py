@@ -16,7 +16,10 @@ from cleftgan_hpc.errors import CleftGanError, LaunchError
 def _load(path: str):  # -> JobSpec
     from cleftgan_hpc.spec.load import load_spec
 
-    return load_spec(path).spec
+    loaded = load_spec(path)
+    for warning in loaded.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return loaded.spec
 
 
 def _open_run(spec, run_id: str | None, *, create: bool):  # -> RunState

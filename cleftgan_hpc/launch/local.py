@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 
+from cleftgan_hpc.execute import PARENT_PID_ENV
 from cleftgan_hpc.plan import Plan, PlannedStage
 from cleftgan_hpc.runs import RunState, StageStatus, decide, prepare_stage, say
 from cleftgan_hpc.stages.context import EXIT_REQUEUE
@@ -109,6 +110,7 @@ class LocalLauncher:
         procs = []
         for rank in range(world):
             env = dict(os.environ)
+            env[PARENT_PID_ENV] = str(os.getpid())  # the stage stops if this launcher dies
             # One stage's thread pools must not oversubscribe the cores it was given.
             env.setdefault("OMP_NUM_THREADS", str(max(1, s.resources.cpus_per_task // world)))
             if world > 1:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from cleftgan_hpc.errors import LaunchError
+from cleftgan_hpc.errors import SECRET_NAME, LaunchError
 from cleftgan_hpc.spec.job import JobSpec
 from cleftgan_hpc.spec.models import ContainerConfig, Resources
 
@@ -58,8 +58,26 @@ def setup_lines(spec: JobSpec, resources: Resources) -> list[str]:
     """The lines a job runs before its stage: the spec's setup commands, then its environment."""
     lines = [setup_line(s) for s in spec.slurm.setup]
     env = {"OMP_NUM_THREADS": str(resources.cpus_per_task), **spec.slurm.env}
-    lines += [f"export {k}={shlex.quote(check_line(v, 'env ' + k))}" for k, v in env.items()]
+    lines += [f"export {k}={env_value(check_line(v, 'env ' + k))}" for k, v in env.items()]
     return lines
+
+
+def env_value(value: str) -> str:
+    """An environment value as one shell word: literal, except ``${NAME}`` of a credential, which
+    the spec reader leaves for the job to expand from its own environment (so the secret is
+    never written into the script)."""
+    out, pos = [], 0
+    for m in _VARREF.finditer(value):
+        name = m.group(2)
+        if not name or not SECRET_NAME.search(name):
+            continue
+        if m.start() > pos:
+            out.append(shlex.quote(value[pos:m.start()]))
+        out.append('"${' + name + '}"')
+        pos = m.end()
+    if pos < len(value) or not out:
+        out.append(shlex.quote(value[pos:]))
+    return "".join(out)
 
 
 def container_binds(spec: JobSpec) -> list[str]:

@@ -20,12 +20,14 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from cleftgan_hpc.errors import FieldError, SpecError, SpecProblem
+from cleftgan_hpc.errors import SECRET_NAME, FieldError, SpecError, SpecProblem, looks_secret, shown
 from cleftgan_hpc.spec.job import JobSpec
 from cleftgan_hpc.spec.models import NAME_RE, stage_ref
 from cleftgan_hpc.spec.stages import KINDS
 
 Loc = tuple[str | int, ...]
+MAX_SPEC_BYTES = 1 << 20
+"""A job spec is a page of YAML; anything near this size is a mistake (or an attack on the reader)."""
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\{[^}]*\}?")
 
 
@@ -50,11 +52,12 @@ class Positions:
 
 @dataclass
 class LoadedSpec:
-    """A validated spec with where it came from."""
+    """A validated spec with where it came from, and what is worth a warning."""
 
     spec: JobSpec
     path: Path
     positions: Positions
+    warnings: list[SpecProblem] = field(default_factory=list)
 
 
 def _mark(node: yaml.Node) -> tuple[int, int]:
@@ -68,6 +71,8 @@ class _Reader:
         self.file, self.env, self.expand_vars = file, env, interpolate
         self.pos = Positions()
         self.problems: list[SpecProblem] = []
+        self.warnings: list[SpecProblem] = []
+        self.from_env: set[Loc] = set()  # values with an environment variable in them: never echoed
         self.budget = 100_000  # values read, aliases expanded
         self._open: set[int] = set()  # collections being read (to catch alias loops)
         self._constructor = yaml.constructor.SafeConstructor()
@@ -118,6 +123,7 @@ class _Reader:
         text = node.value
         if "$" in text and self.expand_vars:
             text = self.interpolate(text, node, loc)
+            self.from_env.add(loc)
             if node.style is None:  # plain scalar: re-type what the variable gave ("64" -> 64)
                 tag = self._resolver.resolve(yaml.ScalarNode, text, (True, False))
                 node = yaml.ScalarNode(tag, text, node.start_mark, node.end_mark, node.style)
@@ -126,7 +132,8 @@ class _Reader:
         try:
             return self._constructor.construct_object(node, deep=True)
         except yaml.YAMLError as exc:
-            self.problem(_mark(node), loc, f"cannot read value {text!r}: {exc}")
+            value = "a value from the environment" if loc in self.from_env else f"value {shown(text)}"
+            self.problem(_mark(node), loc, f"cannot read {value}: {str(exc)[:200]}")
             return None
 
     def interpolate(self, text: str, node: yaml.Node, loc: Loc) -> str:
@@ -136,10 +143,20 @@ class _Reader:
             name, default = m.group(1), m.group(2)
             if name is None:
                 self.problem(
-                    _mark(node), loc, f"bad interpolation {m.group(0)!r}: expected ${{VAR}} or ${{VAR:-default}}"
+                    _mark(node), loc, f"bad interpolation {shown(m.group(0))}: expected ${{VAR}} or ${{VAR:-default}}"
                 )
                 return m.group(0)
             if name in self.env and self.env[name] != "":
+                if _is_job_env(loc) and SECRET_NAME.search(name):
+                    # a credential for the jobs: read from their environment when they start,
+                    # so it is never written into the run's spec.yaml or a job script
+                    self.warnings.append(SpecProblem(
+                        self.file, *_mark(node), dotted(loc),
+                        f"${{{name}}} is a credential: it is left for the job to read from its environment at "
+                        f"start (sbatch passes the submitting environment by default), not written into the "
+                        f"stored spec or the job script; make sure {name} is set where the jobs are submitted",
+                    ))
+                    return "${" + name + "}"
                 return self.env[name]
             if default is not None:
                 return default
@@ -155,11 +172,33 @@ def dotted(loc: Loc) -> str:
     return ".".join(str(p) for p in loc)
 
 
+def _is_job_env(loc: Loc) -> bool:
+    return len(loc) == 3 and loc[:2] == ("slurm", "env")
+
+
+def _literal_secret_warnings(data: dict[str, Any], pos: Positions, file: str, from_env: set[Loc]) -> list[SpecProblem]:
+    """Credentials written into slurm.env as text end up in the run's spec.yaml and the job scripts."""
+    slurm = data.get("slurm")
+    env = slurm.get("env") if isinstance(slurm, dict) else None
+    out = []
+    for name, value in (env or {}).items() if isinstance(env, dict) else ():
+        loc = ("slurm", "env", name)
+        if isinstance(value, str) and loc not in from_env and (SECRET_NAME.search(str(name)) or looks_secret(value)):
+            out.append(SpecProblem(
+                file, *pos.of(loc), dotted(loc),
+                f"looks like a credential written as text: it will be stored in the run's spec.yaml and the job "
+                f"scripts; write ${{{name}}} instead to have each job read it from its environment",
+            ))
+    return out
+
+
 def load_spec(path: str | Path, env: typing.Mapping[str, str] | None = None) -> LoadedSpec:
     """Read, interpolate, validate and graph-check a job spec. Raises SpecError."""
     path = Path(path)
     file = str(path)
     try:
+        if path.stat().st_size > MAX_SPEC_BYTES:  # refuse before reading it into memory
+            raise SpecError([SpecProblem(file, 1, 1, "", _too_big(path.stat().st_size))])
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise SpecError([SpecProblem(file, 1, 1, "", "no such file")]) from None
@@ -178,6 +217,8 @@ def parse_spec(
 ) -> LoadedSpec:
     """Like load_spec, from text. ``interpolate=False`` reads a resolved spec (as a run stores
     it) where a ``${...}`` left in a value is literal text, not a variable."""
+    if len(text) > MAX_SPEC_BYTES:
+        raise SpecError([SpecProblem(file, 1, 1, "", _too_big(len(text)))])
     reader = _Reader(file, os.environ if env is None else env, interpolate)
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -207,10 +248,15 @@ def parse_spec(
     try:
         spec = JobSpec.model_validate(data, context={"base_dir": base})
     except ValidationError as exc:
-        problems += [_problem_from_pydantic(err, data, reader.pos, file) for err in exc.errors()]
+        problems += [_problem_from_pydantic(err, data, reader.pos, file, reader.from_env) for err in exc.errors()]
     if problems:
         raise SpecError(_unique(problems))
-    return LoadedSpec(spec, Path(file), reader.pos)
+    warnings = reader.warnings + _literal_secret_warnings(data, reader.pos, file, reader.from_env)
+    return LoadedSpec(spec, Path(file), reader.pos, warnings)
+
+
+def _too_big(size: int) -> str:
+    return f"the spec is {size:,} bytes; a job spec is at most {MAX_SPEC_BYTES:,} (is this the right file?)"
 
 
 # -- the stage graph -------------------------------------------------------------------------
@@ -306,7 +352,13 @@ def find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
 # -- pydantic errors -> positioned problems ----------------------------------------------------
 
 
-def _problem_from_pydantic(err: dict[str, Any], data: dict[str, Any], pos: Positions, file: str) -> SpecProblem:
+def _problem_from_pydantic(
+    err: dict[str, Any],
+    data: dict[str, Any],
+    pos: Positions,
+    file: str,
+    from_env: typing.AbstractSet[Loc] = frozenset(),
+) -> SpecProblem:
     raised = (err.get("ctx") or {}).get("error")
     loc = _data_loc(tuple(err["loc"]) + (raised.loc if isinstance(raised, FieldError) else ()), data)
     kind = err["type"]
@@ -334,10 +386,42 @@ def _problem_from_pydantic(err: dict[str, Any], data: dict[str, Any], pos: Posit
         line, col = pos.of(loc)
     else:
         msg = err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        hidden = _hidden(loc, from_env)
         if "input" in err and kind not in ("value_error",) and not isinstance(err["input"], (dict, list)):
-            msg += f" (got {err['input']!r})"
+            msg += " (got a value that is not shown)" if hidden else f" (got {shown(err['input'])})"
+        msg = _scrub(msg, err.get("input"), hidden)
         line, col = pos.of(loc)
     return SpecProblem(file, line, col, dotted(loc), msg)
+
+
+def _hidden(loc: Loc, from_env: typing.AbstractSet[Loc]) -> bool:
+    """Whether the values at ``loc`` must not be echoed: credentials by their field's name, the
+    jobs' environment, and anything that came from the environment (at or under ``loc``)."""
+    if loc[:2] == ("slurm", "env") or any(SECRET_NAME.search(str(p)) for p in loc):
+        return True
+    return any(e[: len(loc)] == loc for e in from_env)
+
+
+def _strings(value: Any, depth: int = 0) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if depth > 3:
+        return []
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ()
+    return [s for item in items for s in _strings(item, depth + 1)]
+
+
+def _scrub(msg: str, value: Any, hidden: bool) -> str:
+    """A validator's message with the value it quotes cut short, or removed when it must not show."""
+    for text in sorted(_strings(value), key=len, reverse=True):
+        if not text:
+            continue
+        secret = hidden or looks_secret(text)
+        if not secret and len(text) <= 40:
+            continue
+        replacement = "<value not shown>" if secret else shown(text)
+        msg = msg.replace(repr(text), replacement).replace(text, replacement)
+    return msg
 
 
 _TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "tuple", "none", "json-or-python"}

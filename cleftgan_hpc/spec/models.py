@@ -118,6 +118,8 @@ class StoreConfig(Strict):
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _SLURM_NAME = re.compile(r"^[A-Za-z0-9_.+-]{1,128}$")
 _SBATCH_KEY = re.compile(r"^[a-z][a-z0-9-]{0,63}$")
+MAX_TIME_DAYS = 365
+"""The longest time limit a spec may ask for (clusters cap jobs at days to weeks)."""
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
 
@@ -167,8 +169,14 @@ class Resources(Strict):
     @field_validator("time")
     @classmethod
     def _time(cls, v: str) -> str:
-        if not re.fullmatch(r"(\d+-)?\d{1,2}:[0-5]\d:[0-5]\d", v):
+        m = re.fullmatch(r"(?:(\d{1,3})-)?(\d{1,2}):([0-5]\d):([0-5]\d)", v)
+        if not m:
             raise ValueError(f"bad time {v!r}: expected [D-]HH:MM:SS, e.g. 04:00:00 or 2-00:00:00")
+        days, hours = int(m.group(1) or 0), int(m.group(2))
+        if m.group(1) and hours > 23:
+            raise ValueError(f"bad time {v!r}: with days, hours are 00-23 (e.g. 1-12:00:00)")
+        if days * 24 + hours > MAX_TIME_DAYS * 24:
+            raise ValueError(f"time {v!r} is over {MAX_TIME_DAYS} days; no cluster grants that")
         return v
 
     @field_validator("constraint", "exclude")

@@ -7,9 +7,11 @@ context; stages never know whether they run in a local process, a Slurm job or a
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import signal
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,6 +72,23 @@ class StageContext:
 
         for sig in (signal.SIGTERM, signal.SIGUSR2):
             signal.signal(sig, handler)
+
+    def stop_when_parent_dies(self, parent_pid: int, poll_s: float = 0.5) -> None:
+        """Ask this stage to stop (checkpoint, record itself pending) once ``parent_pid`` is no
+        longer its parent: the local launcher that started it was killed, even with SIGKILL, and
+        nothing else would ever tell the stage. Its stdout then leads nowhere, so output goes to
+        /dev/null (the log file keeps every line)."""
+
+        def watch() -> None:
+            while os.getppid() == parent_pid:
+                time.sleep(poll_s)
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            for fd in (1, 2):  # a write to the dead launcher's pipe would raise BrokenPipeError
+                os.dup2(devnull, fd)
+            self.log.warning(f"the launcher (pid {parent_pid}) is gone: stopping at the next safe point")
+            self._stop.set()
+
+        threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
     # -- inputs ------------------------------------------------------------------------
     def fetch(self, ref: str) -> Path:

@@ -2,7 +2,8 @@
 contact sheet.
 
 Per photo (in a process pool): safe decode -> perceptual hash -> landmarks (CSV, else the
-detector, else the centre-crop fallback or a rejection) -> FFHQ alignment -> background
+detector, else the centre-crop fallback or a rejection) -> the minimum face size (a smaller face
+is rejected, never upscaled into noise) -> FFHQ alignment -> background
 standardisation -> deterministic PNG in scratch. Then, in file-name order: near-duplicate
 removal, labels, the dataset zip, report.json and contact_sheet.png, uploaded to the store.
 
@@ -26,7 +27,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from cleftgan_hpc.data.align import align_face, center_crop, standardise_background
+from cleftgan_hpc.data.align import align_face, center_crop, face_size, standardise_background
 from cleftgan_hpc.data.dataset import DatasetWriter, encode_png
 from cleftgan_hpc.data.dedupe import find_duplicates, phash, thumbnail
 from cleftgan_hpc.data.images import Rejected, decode_image, list_images
@@ -54,6 +55,7 @@ class Params:
     """What every worker needs (picklable)."""
 
     resolution: int
+    min_face_size: int  # source pixels; smaller faces are rejected, not upscaled
     fallback: str
     background: str
     background_color: tuple[int, int, int]
@@ -105,14 +107,22 @@ def _process(job: Job, p: Params) -> dict[str, Any]:
 
     if lm is not None:
         try:
+            side = face_size(lm)
+            if side < p.min_face_size:
+                return {**result, "status": "rejected", "reason": _too_small(f"face ({source} landmarks)", side, p)}
             aligned, aligned_lm = align_face(image, lm, p.resolution)
         except ValueError as exc:
             return {**result, "status": "rejected", "reason": f"cannot align: {exc}"}
+        _note_upscale(notes, side, p)
         aligned = standardise_background(
             aligned, aligned_lm, p.background, color=p.background_color, blur_radius=p.blur_radius
         )
     elif p.fallback == "center_crop":
+        side = min(image.size)
+        if side < p.min_face_size:
+            return {**result, "status": "rejected", "reason": f"{_too_small('centre crop', side, p)} ({why_not})"}
         source = "center_crop"
+        _note_upscale(notes, side, p)
         aligned = center_crop(image, p.resolution)
         notes.append(f"centre crop: {why_not}")
         if p.background != "none":
@@ -125,6 +135,17 @@ def _process(job: Job, p: Params) -> dict[str, Any]:
     tmp.write_bytes(encode_png(aligned))
     tmp.replace(out)
     return {**result, "status": "accepted", "landmarks": source, "notes": notes, "png": str(out)}
+
+
+def _too_small(what: str, side: float, p: Params) -> str:
+    return (f"{what} too small: {side:.0f} px across, below min_face_size={p.min_face_size} "
+            f"(it would be upscaled {p.resolution / side:.1f}x to {p.resolution} px)")
+
+
+def _note_upscale(notes: list[str], side: float, p: Params) -> None:
+    # allowed by min_face_size, but the report says so: upscaling is never silent
+    if side < p.resolution:
+        notes.append(f"face upscaled {p.resolution / side:.1f}x from {side:.0f} px")
 
 
 def _landmarks_outside(lm: np.ndarray, size: tuple[int, int]) -> str | None:
@@ -193,6 +214,8 @@ def run(cfg: PreprocessStage, ctx: StageContext) -> dict[str, str]:
 
     params = Params(
         resolution=cfg.resolution, fallback=cfg.fallback, background=cfg.background,
+        # default: half the resolution, so no face is upscaled more than 2x
+        min_face_size=cfg.min_face_size if cfg.min_face_size is not None else cfg.resolution // 2,
         background_color=tuple(cfg.background_color), blur_radius=cfg.blur_radius,
         max_pixels=cfg.max_image_pixels, use_detector=use_detector, out_dir=str(aligned_dir),
     )

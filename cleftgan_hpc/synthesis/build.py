@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from cleftgan_hpc.errors import ObjectExists
-from cleftgan_hpc.spec.kinds.synthesize import SynthesizeStage
+from cleftgan_hpc.spec.kinds.synthesize import SynthesizeStage, check_dataset
 from cleftgan_hpc.storage.base import ObjectInfo, ObjectStore, join_key
 from cleftgan_hpc.synthesis.layout import (
     FORMAT_EXT,
@@ -52,8 +52,21 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> str:
     return ", ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} here" for k in keys if old.get(k) != new.get(k))
 
 
+def check_dataset_prefix(prefix: str) -> str:
+    """``prefix`` if it is a dataset's own prefix (``datasets/NAME`` or a user prefix outside the store's
+    areas), else DatasetError. The spec checks the name already; this guards the deletes below it."""
+    try:
+        check_dataset(prefix)
+    except ValueError as e:
+        raise DatasetError(f"refusing to use {prefix!r} as a dataset prefix: {e}") from None
+    if "/" not in prefix:  # a top-level area of its own: every dataset prefix has two parts or more
+        raise DatasetError(f"refusing to use {prefix!r} as a dataset prefix: expected datasets/NAME or TEAM/NAME")
+    return prefix
+
+
 def claim(store: ObjectStore, prefix: str, options: dict[str, Any], overwrite: bool, log: logging.Logger) -> None:
     """Make ``options`` the dataset's options, or refuse when it was made with others."""
+    check_dataset_prefix(prefix)  # before anything is written or deleted under it
     key = join_key(prefix, OPTIONS_FILE)
     for _ in range(3):  # a concurrent task may claim between our read and our put
         existing = store.get_json(key) if store.exists(key) else None

@@ -31,7 +31,8 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--network", required=True, metavar="FILE", help="official pickle or our network file")
     p.add_argument("--store", required=True, metavar="URL", help="file://DIR or s3://BUCKET[/PREFIX]")
     p.add_argument("--endpoint-url", default=None, help="S3 endpoint (SeaweedFS, MinIO...); AWS if unset")
-    p.add_argument("--dataset", required=True, metavar="NAME", help="dataset name (datasets/NAME/) or a prefix")
+    p.add_argument("--dataset", required=True, metavar="NAME",
+                   help="dataset name (datasets/NAME/) or a prefix TEAM/NAME (not under runs/ or cache/)")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--count", type=int, help="number of images (seeds --first-seed ...)")
     what.add_argument("--seeds", metavar="A-B", help="inclusive seed range instead of --count")
@@ -131,9 +132,13 @@ def _task(args: argparse.Namespace) -> tuple[int | None, int]:
 def synthesize_command(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from cleftgan_hpc.spec.kinds.synthesize import SynthesizeStage
+    from cleftgan_hpc.spec.kinds.synthesize import SynthesizeStage, check_dataset
     from cleftgan_hpc.spec.models import StoreConfig
 
+    try:  # first, and by its flag's name: the name decides what overwrite may delete
+        check_dataset(args.dataset)
+    except ValueError as e:
+        raise CleftGanError(f"--dataset: {e}") from None
     task, tasks = _task(args)
     fields: dict[str, Any] = {
         "kind": "synthesize", "network": str(Path(args.network).absolute()), "count": args.count,

@@ -2,6 +2,13 @@
 
 A dataset URL names the dataset's prefix: ``s3://BUCKET/PREFIX/datasets/NAME``, ``file:///DIR/datasets/NAME``,
 a plain directory (e.g. a pulled copy), or any of these ending in ``/manifest.json``.
+
+A manifest is input from whoever made the dataset, and readers join its file names (shards, the
+network, the wids index) onto a local directory. So ``check_manifest`` accepts only plain file
+names: one path component of letters, digits, '.', '_' and '-', starting with a letter or digit
+(no '/', '\\', '..', NUL or absolute path can pass), all distinct, none ``manifest.json``; and
+shard entries whose fields have the types readers rely on. It refuses the whole manifest before
+a reader has written anything.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ import contextlib
 import datetime as dt
 import json
 import platform
+import re
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -18,6 +26,9 @@ from cleftgan_hpc.storage.base import ObjectStore, join_key, write_file_atomical
 
 FORMAT = "cleftgan-hpc-dataset"
 VERSION = 1
+# the names a manifest may give its files: a single path component, so DEST / name stays in DEST
+FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class DatasetError(CleftGanError):
@@ -70,11 +81,55 @@ def wids_index(name: str, shards: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _bad_shard(entry: Any) -> str | None:
+    """What is wrong with a manifest's shard entry (its name is checked separately), or None."""
+    if not isinstance(entry, dict):
+        return "is not an object"
+    if not _count(entry.get("samples")) or not _count(entry.get("bytes")):
+        return "needs non-negative integers 'samples' and 'bytes'"
+    if not isinstance(entry.get("sha256"), str) or not _SHA256.fullmatch(entry["sha256"]):
+        return "needs a 'sha256' of 64 lower-case hex digits"
+    seeds = entry.get("seeds")
+    if not (isinstance(seeds, list) and len(seeds) == 2 and all(_count(s) for s in seeds) and seeds[0] <= seeds[1]):
+        return "needs 'seeds' [first, last]"
+    return None
+
+
 def check_manifest(manifest: Any, where: str) -> dict[str, Any]:
+    """``manifest`` if it is a well-formed manifest whose file names are safe to join onto a directory,
+    else a DatasetError naming the first problem (checked whole, before anything is read or written)."""
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise DatasetError(f"{where} is not a cleftgan-hpc dataset manifest")
     if manifest.get("version") != VERSION:
         raise DatasetError(f"{where} has manifest version {manifest.get('version')}; this version reads {VERSION}")
+    shards, network = manifest.get("shards"), manifest.get("network")
+    if not isinstance(shards, list) or not isinstance(manifest.get("options"), dict):
+        raise DatasetError(f"{where} is corrupt: it needs a 'shards' list and an 'options' object")
+    if network is not None and not isinstance(network, dict):
+        raise DatasetError(f"{where} is corrupt: 'network' is not an object")
+    names: list[tuple[str, Any]] = [(f"shards[{i}].name", s.get("name") if isinstance(s, dict) else None)
+                                    for i, s in enumerate(shards)]
+    if (network or {}).get("file") is not None:
+        names.append(("network.file", network["file"]))  # type: ignore[index]
+    if manifest.get("wids_index") is not None:
+        names.append(("wids_index", manifest["wids_index"]))
+    seen: set[str] = set()  # lower-cased: on a case-insensitive filesystem A.tar and a.tar are one file
+    for field, name in names:
+        if not isinstance(name, str) or not FILE_NAME.fullmatch(name) or name.lower() == "manifest.json":
+            raise DatasetError(
+                f"{where} is corrupt or unsafe: {field} {name!r:.80} is not a plain file name (one path component of "
+                "letters, digits, '.', '_', '-'); refusing the whole dataset, nothing was written"
+            )
+        if name.lower() in seen:
+            raise DatasetError(f"{where} is corrupt: {field} {name!r:.80} names a file the manifest already lists")
+        seen.add(name.lower())
+    for i, entry in enumerate(shards):
+        if (problem := _bad_shard(entry)) is not None:
+            raise DatasetError(f"{where} is corrupt: shard entry {i} ({entry.get('name')!r}) {problem}")
     return manifest
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
+import os
 import queue
 import threading
 from collections.abc import Callable
@@ -27,7 +28,7 @@ import numpy as np
 
 from cleftgan_hpc.errors import CleftGanError, ObjectExists
 from cleftgan_hpc.storage.base import ObjectStore, join_key
-from cleftgan_hpc.synthesis.encode import encode_batch
+from cleftgan_hpc.synthesis.encode import die_with_parent, encode_batch
 from cleftgan_hpc.synthesis.generate import class_for_seed, generate_batch
 from cleftgan_hpc.synthesis.layout import FORMAT_EXT, Shard, batches, sample_key
 from cleftgan_hpc.synthesis.shards import ShardWriter
@@ -68,7 +69,9 @@ def make_encode_pool(workers: int) -> Executor | None:
     # spawn, not fork: the parent holds torch's thread pools and boto3's threads
     if workers <= 0:
         return None
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    # and die_with_parent: a SIGKILLed synthesize must not leave its encoders behind
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=die_with_parent, initargs=(os.getpid(),))
 
 
 class _Done:
@@ -110,13 +113,14 @@ class Pipeline:
         self._upload_slots = threading.Semaphore(upload_concurrency + 1)
         self._uploads: list[Future[dict[str, Any]]] = []
         self._error: BaseException | None = None
+        self._abort = threading.Event()  # the run failed: the writer drops what is left
         self.stopped = False
 
     # -- the writer thread ----------------------------------------------------------------------
     def _write(self, uploader: ThreadPoolExecutor) -> None:
         writer: ShardWriter | None = None
         try:
-            while (item := self._queue.get()) is not None:
+            while (item := self._queue.get()) is not None and not self._abort.is_set():
                 if writer is None:
                     self._upload_slots.acquire()  # bounds shards on scratch: writing + uploading
                     writer = ShardWriter(self.scratch / (item.shard.name + ".part"))
@@ -193,6 +197,7 @@ class Pipeline:
         uploader = ThreadPoolExecutor(self.upload_concurrency, thread_name_prefix="upload")
         writer = threading.Thread(target=self._write, args=(uploader,), name="shard-writer", daemon=True)
         writer.start()
+        finished = False
         try:
             for shard in shards:
                 if self.stopped:
@@ -205,13 +210,32 @@ class Pipeline:
                     images = generate_batch(self.g, seeds, classes, r.truncation_psi, r.truncation_cutoff,
                                             self.device)  # [N, H, W, C] uint8
                     self._put(_Batch(shard, seeds, classes, self._encode(pool, images)))
+            finished = True
         finally:
-            with contextlib.suppress(BaseException):
-                self._put(None)
+            self._end_writer(graceful=finished)
             writer.join()
-            uploader.shutdown(wait=True)
+            # a failed run does not start the uploads still queued (the store is kept as it is; a re-run
+            # makes what is missing)
+            uploader.shutdown(wait=True, cancel_futures=self._abort.is_set())
             if pool is not None and pool is not self._external_pool:
                 pool.shutdown(wait=True, cancel_futures=True)
         if self._error is not None:
             raise self._error
+        for f in self._uploads:  # the first real failure, not the cancellations it caused
+            if not f.cancelled() and f.exception() is not None:
+                raise f.exception()  # type: ignore[misc]
         return [f.result() for f in self._uploads]
+
+    def _end_writer(self, graceful: bool) -> None:
+        """Hand the writer its end marker, whatever happened: without it writer.join() waits forever."""
+        if graceful:
+            try:
+                self._put(None)  # the batches queued are written and uploaded first
+                return
+            except BaseException:  # noqa: BLE001 - an upload failed: raised by run() once all has stopped
+                pass
+        self._abort.set()
+        with contextlib.suppress(queue.Empty):  # make room: this thread is the only one that puts
+            while True:
+                self._queue.get_nowait()
+        self._queue.put(None)

@@ -1,13 +1,16 @@
 """Download a committed dataset: parallel, resumable, every file checked against the manifest.
 
 A shard already in DEST with the manifest's size is kept (``verify`` re-hashes it first and
-re-downloads it when it differs); a download whose sha256 differs from the manifest is deleted
-and reported. The dataset's network file comes too (checked against the manifest's sha256), so
-``regenerate`` works on the copy. The manifest is written last in DEST too, so a copy is
-complete iff it has one, and it describes exactly what DEST holds: a partial pull (``shards``)
-writes one listing only the shards copied, with ``count`` theirs and ``subset_of`` naming the
-original. A later pull adds to the copy (the shards the local manifest lists stay in it); once
-it holds every shard, the original manifest is written byte for byte.
+re-downloads it when it differs); a download whose sha256 or size differs from the manifest is
+deleted and reported (the manifest is the contract: a mismatch is a corrupt dataset). Every name
+the manifest gives is checked when it is read (``check_manifest``: plain file names only), and
+each target again here, so nothing is written outside DEST. The dataset's network file comes too
+(checked against the manifest's sha256), so ``regenerate`` works on the copy. The manifest is
+written last in DEST too, so a copy is complete iff it has one, and it describes exactly what DEST
+holds: a partial pull (``shards``) writes one listing only the shards copied, with ``count``
+theirs and ``subset_of`` naming the original. A later pull adds to the copy (the shards the local
+manifest lists stay in it); once it holds every shard, the original manifest is written byte for
+byte.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -47,6 +51,7 @@ class PullReport:
     present: list[str] = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)
     corrupt: list[str] = field(default_factory=list)  # in the source: sha256 differs from the manifest
+    wrong_size: list[str] = field(default_factory=list)  # sha256 right, size not the manifest's: a corrupt manifest
     network: str = "none"  # the network file: downloaded, present, missing (the source has none) or corrupt
     shards: int = 0  # shards the copy's manifest lists
     complete: bool = False  # the copy holds every shard of the source (its manifest is the source's)
@@ -69,6 +74,15 @@ def _read_manifest(source: DatasetSource) -> tuple[dict[str, Any], bytes]:
     except (ObjectNotFound, FileNotFoundError, ValueError):
         source.manifest()  # raises the clear error (not committed, not JSON)
         raise
+
+
+def _target(dest: Path, name: str) -> Path:
+    """DEST / name, refused unless it is a file directly in DEST (a second guard behind check_manifest)."""
+    root = Path(os.path.abspath(dest))
+    path = Path(os.path.normpath(root / name))
+    if path.parent != root or path.name != name:
+        raise DatasetError(f"refusing to write {name!r}: it is not a plain file name inside {root}")
+    return path
 
 
 def _vouched(dest: Path) -> dict[str, str]:
@@ -125,7 +139,7 @@ def pull(
         (dest / MANIFEST_FILE).unlink(missing_ok=True)
 
     def one(entry: dict[str, Any]) -> None:
-        name, path = entry["name"], dest / entry["name"]
+        name, path = entry["name"], _target(dest, entry["name"])
         if path.is_file() and path.stat().st_size == entry["bytes"] and vouched.get(name) in (None, entry["sha256"]):
             if not verify or sha256_file(path) == entry["sha256"]:
                 report.present.append(name)
@@ -137,6 +151,10 @@ def pull(
         if sha != entry["sha256"]:
             path.unlink(missing_ok=True)
             report.corrupt.append(name)
+        elif (size := path.stat().st_size) != entry["bytes"]:
+            # the manifest contradicts itself; kept, the copy would be fetched again by every later pull
+            path.unlink(missing_ok=True)
+            report.wrong_size.append(f"{name} (the manifest says {entry['bytes']} bytes, it has {size})")
         elif name not in report.repaired:
             report.downloaded.append(name)
 
@@ -144,7 +162,7 @@ def pull(
         net = manifest.get("network") or {}
         if not net.get("file"):
             return
-        path, sha = dest / net["file"], net.get("sha256")
+        path, sha = _target(dest, net["file"]), net.get("sha256")
         if path.is_file() and (sha is None or sha256_file(path) == sha):
             report.network = "present"
             return
@@ -171,6 +189,12 @@ def pull(
             f"kept: {', '.join(sorted(report.corrupt))}. The stored copy is damaged; re-create those shards "
             "(delete them and run the synthesis again) or pull from a good copy"
         )
+    if report.wrong_size:
+        raise DatasetError(
+            f"{len(report.wrong_size)} shard(s) in {source.url} have the manifest's sha256 but not its size, so the "
+            f"manifest is corrupt and they were not kept: {', '.join(sorted(report.wrong_size))}. Commit the dataset "
+            "again (run the synthesis) or pull from a good copy"
+        )
     if report.network == "corrupt":
         raise DatasetError(
             f"{source.uri(manifest['network']['file'])} does not match the manifest's network sha256 and was not "
@@ -180,10 +204,10 @@ def pull(
     index = manifest.get("wids_index")
     if report.complete:  # the source's own files, as they are
         if index:
-            source.download(index, dest / index)
+            source.download(index, _target(dest, index))
         _write_bytes(dest / MANIFEST_FILE, raw)  # last: marks the copy complete
         return report
     if index:
-        _write_bytes(dest / index, _json_bytes(wids_index(manifest["name"], target)))
+        _write_bytes(_target(dest, index), _json_bytes(wids_index(manifest["name"], target)))
     _write_bytes(dest / MANIFEST_FILE, _json_bytes(subset_manifest(manifest, raw, target)))  # last: the marker
     return report

@@ -41,8 +41,14 @@ def shutdown() -> None:
 
 
 def average_gradients(params: list[torch.nn.Parameter], world_size: int) -> None:
-    """All-reduce and average the gradients of ``params`` (missing grads count as zero)."""
+    """All-reduce and average the gradients of ``params``. A parameter no rank has a gradient
+    for keeps none, as in one process: Adam skips it, while a zero gradient would advance its
+    step count and change its later steps (R1 leaves D's output bias without one)."""
     if world_size == 1:
+        return
+    present = all_sum(torch.tensor([p.grad is not None for p in params], dtype=torch.float32), world_size)
+    params = [p for p, n in zip(params, present.tolist(), strict=True) if n > 0]
+    if not params:
         return
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     flat = torch.cat([g.reshape(-1) for g in grads])

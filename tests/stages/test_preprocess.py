@@ -251,3 +251,50 @@ def test_stop_request(photos, tmp_path):
         preprocess.run(config(photos, workers=1), ctx)
     with pytest.raises(StopRequested):
         preprocess.run(config(photos, workers=2), ctx)
+
+
+def test_faces_below_min_face_size_are_rejected_not_upscaled(tmp_path, monkeypatch):
+    monkeypatch.setattr(preprocess, "detector_available", lambda: False)
+    src = make_demo_data(tmp_path / "demo", 1, seed=5, size=128)
+    images = tmp_path / "in"
+    images.mkdir()
+    face = Image.open(src.images / "face_00000.png").convert("RGB")
+    with open(src.landmarks) as f:
+        row = next(csv.DictReader(f))
+    lm = np.array([float(row[c]) for c in LANDMARK_COLUMNS])
+    save(face, images / "big.png", "PNG")  # FFHQ crop of about 80 px: fine for 64 px output
+    save(face.resize((32, 32), Image.Resampling.LANCZOS), images / "small.png", "PNG")  # a crop of about 20 px
+    save(Image.new("RGB", (1, 1), (200, 150, 120)), images / "tiny.png", "PNG")  # no landmarks: centre crop
+    with open(tmp_path / "lm.csv", "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["file", *LANDMARK_COLUMNS])
+        w.writerow(["big.png", *lm])
+        w.writerow(["small.png", *(lm / 4)])
+
+    def run(run_id: str, **kw: object) -> dict:
+        cfg = PreprocessStage.model_validate({
+            "kind": "preprocess", "images": str(images), "landmarks": str(tmp_path / "lm.csv"), "resolution": 64,
+            "fallback": "center_crop", "dedupe": False, "workers": 1, **kw,
+        })
+        ctx = make_ctx(tmp_path, run_id)
+        return ctx.store.get_json(preprocess.run(cfg, ctx)["report"])
+
+    report = run("default")  # min_face_size defaults to half the resolution: 32 px
+    assert [r["file"] for r in report["accepted"]] == ["big.png"]
+    assert not any("upscaled" in n for n in report["accepted"][0]["notes"])
+    rejected = {r["file"]: r["reason"] for r in report["rejected"]}
+    assert set(rejected) == {"small.png", "tiny.png"}
+    assert rejected["small.png"].startswith("face (csv landmarks) too small: 2")
+    assert "min_face_size=32" in rejected["small.png"]
+    assert rejected["tiny.png"].startswith("centre crop too small: 1 px across, below min_face_size=32")
+    assert "upscaled 64.0x" in rejected["tiny.png"] and "no landmarks" in rejected["tiny.png"]
+
+    with pytest.raises(DataError, match="no photo was accepted"):  # an explicit floor above the 80 px face
+        run("strict", min_face_size=100)
+    report = run("any", min_face_size=1)  # opting out: accepted, and the report says they were upscaled
+    notes = {r["file"]: r["notes"] for r in report["accepted"]}
+    assert set(notes) == {"big.png", "small.png", "tiny.png"}
+    assert any(n.startswith("face upscaled 64.0x from 1 px") for n in notes["tiny.png"])
+    assert any(n.startswith("face upscaled 3.") for n in notes["small.png"])
+    with pytest.raises(ValueError, match="min_face_size"):
+        PreprocessStage.model_validate({"kind": "preprocess", "images": "x", "min_face_size": 0})

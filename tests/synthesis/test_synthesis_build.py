@@ -173,3 +173,74 @@ def test_shard_whose_metadata_was_lost_is_checked_and_kept(tmp_path: Path, make_
     m = run_synthesis(cfg, store)
     assert store.head("datasets/toy/shard-000000.tar").metadata["samples"] == "5"
     assert m["shards"][0]["sha256"] == store.head("datasets/toy/shard-000000.tar").sha256
+
+
+def test_overwrite_never_deletes_outside_the_dataset(store: Any, make_cfg: Any, run_synthesis: Any,
+                                                     tiny_net: Path, tmp_path: Path, capsys: Any) -> None:
+    import logging
+
+    from cleftgan_hpc.synthesis.build import claim
+    from cleftgan_hpc.synthesis.commands import main
+
+    store.put_json("runs/job-1/run.json", {"run": "history"})
+    store.put_json("datasets/other/options.json", {"options": {}})
+    # a config that slipped past validation (built in code, say): the build refuses before any delete
+    for dataset in ("runs/", "datasets/", "x/../runs", "cache/feature-stats"):
+        cfg = make_cfg(count=4, overwrite=True).model_copy(update={"dataset": dataset})
+        with pytest.raises(DatasetError, match="refusing to use .* as a dataset prefix"):
+            run_synthesis(cfg, store)
+    for prefix in ("runs", "cache", "datasets", "", "datasets/a/b", "team/../runs"):
+        with pytest.raises(DatasetError, match="as a dataset prefix"):
+            claim(store, prefix, {"x": 1}, True, logging.getLogger("test"))
+    # the command line refuses the name by its flag
+    args = ["synthesize", "--network", str(tiny_net), "--store", f"file://{tmp_path / 'cli'}", "--count", "4",
+            "--overwrite", "--dataset", "runs/"]
+    assert main(args) == 1
+    assert "--dataset: dataset name 'runs/' would overlap the store's own runs/ area" in capsys.readouterr().err
+    assert store.get_json("runs/job-1/run.json") == {"run": "history"}
+    assert store.exists("datasets/other/options.json")
+
+
+def test_failed_upload_stops_the_run_promptly_and_a_rerun_finishes(store: Any, make_cfg: Any, run_synthesis: Any,
+                                                                  monkeypatch: Any) -> None:
+    """S3 gone, disk full...: the run raises the storage error (it used to hang in writer.join()), stops its
+    encoding processes and threads, keeps what was uploaded, and a re-run completes the dataset."""
+    import multiprocessing
+    import threading
+
+    from cleftgan_hpc.errors import StorageError
+
+    cfg = make_cfg(count=48, shard_size=4, batch=2, workers=1, upload_concurrency=2)
+    original, lock, puts = type(store).put_file, threading.Lock(), [0]
+
+    def failing(self: Any, key: str, *a: Any, **kw: Any) -> Any:
+        if "/shard-" in key:
+            with lock:
+                puts[0] += 1
+                if puts[0] > 2:
+                    raise StorageError(f"cannot write {key}: No space left on device (test)")
+        return original(self, key, *a, **kw)
+
+    monkeypatch.setattr(type(store), "put_file", failing)
+    outcome: list[BaseException | None] = []
+
+    def attempt() -> None:
+        try:
+            run_synthesis(cfg, store)
+            outcome.append(None)
+        except BaseException as e:  # noqa: BLE001 - checked below
+            outcome.append(e)
+
+    before = {t.ident for t in threading.enumerate()}
+    runner = threading.Thread(target=attempt, daemon=True)
+    runner.start()
+    runner.join(60)
+    assert not runner.is_alive(), "synthesize hung after a failed upload"
+    assert isinstance(outcome[0], StorageError) and "No space left on device" in str(outcome[0])
+    assert not multiprocessing.active_children()  # the encoding processes are gone
+    assert not [t.name for t in threading.enumerate() if t.ident not in before and t.is_alive()]
+    assert sum(1 for _ in store.list("datasets/toy/shard-")) == 2 and not store.exists("datasets/toy/manifest.json")
+
+    monkeypatch.setattr(type(store), "put_file", original)
+    m = run_synthesis(cfg, store)
+    assert m["count"] == 48 and len(m["shards"]) == 12

@@ -1,5 +1,5 @@
-"""A synthesis process SIGKILLed mid-run and run again ends byte-identical to an uninterrupted run
-(file:// and the S3 server), through the standalone command line."""
+"""A synthesis process SIGKILLed mid-run leaves no process behind, and run again ends byte-identical to
+an uninterrupted run (file:// and the S3 server), through the standalone command line."""
 
 from __future__ import annotations
 
@@ -30,6 +30,35 @@ def _shards(store: Any) -> int:
     return sum(1 for _ in store.list("datasets/killed/shard-"))
 
 
+def _stat(pid: int) -> tuple[int, str, str] | None:
+    """(ppid, state, start time) of a process from /proc/PID/stat, or None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()  # after "(comm)": comm may hold spaces and ')'
+    except (OSError, IndexError):
+        return None
+    return int(fields[1]), fields[0], fields[19]
+
+
+def _descendants(root: int) -> dict[int, str]:
+    """pid -> start time of every process descended from ``root`` (the start time tells a reused pid)."""
+    stats = {int(d): st for d in os.listdir("/proc") if d.isdigit() and (st := _stat(int(d))) is not None}
+    found: dict[int, str] = {}
+    parents = [root]
+    while parents:
+        parent = parents.pop()
+        for pid, (ppid, _, start) in stats.items():
+            if ppid == parent and pid not in found:
+                found[pid] = start
+                parents.append(pid)
+    return found
+
+
+def _alive(pid: int, start: str) -> bool:
+    st = _stat(pid)
+    return st is not None and st[2] == start and st[1] != "Z"  # a zombie has ended (its reaper may be slow)
+
+
 @pytest.mark.slow
 def test_sigkill_then_rerun_is_byte_identical(store: Any, tiny_net: Path, make_cfg: Any, run_synthesis: Any,
                                                dataset_bytes: Any, tmp_path: Path) -> None:
@@ -43,6 +72,8 @@ def test_sigkill_then_rerun_is_byte_identical(store: Any, tiny_net: Path, make_c
             assert proc.poll() is None, proc.stdout.read().decode()  # type: ignore[union-attr]
             assert time.monotonic() < deadline, "no shards appeared"
             time.sleep(0.02)
+        # the encoding worker and multiprocessing's resource tracker
+        children = _descendants(proc.pid) if sys.platform.startswith("linux") else {}
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
@@ -50,6 +81,13 @@ def test_sigkill_then_rerun_is_byte_identical(store: Any, tiny_net: Path, make_c
             proc.kill()
         proc.stdout.close()  # type: ignore[union-attr]
     assert proc.returncode == -signal.SIGKILL
+    # nothing it started outlives it: the workers die with it, then the tracker sees its pipe close
+    if sys.platform.startswith("linux"):  # /proc
+        assert children, "the encoding worker was not found"
+        deadline = time.monotonic() + 10
+        while (left := {p for p, start in children.items() if _alive(p, start)}) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not left, f"processes of the killed synthesize still run: {left}"
     # an S3 server may still finish a PUT whose body had arrived when the client died (up to
     # upload_concurrency of them): count what is there once it has settled
     time.sleep(1.0)

@@ -176,3 +176,47 @@ def test_regenerate_without_a_network(store: Any, make_cfg: Any, run_synthesis: 
     assert main(["pull", url, str(fresh), *endpoint]) == 1
     assert "network sha256" in capsys.readouterr().err
     assert not (fresh / "network.safetensors").exists() and not (fresh / "manifest.json").exists()
+
+
+def _tamper(store: Any, m: dict[str, Any], **shard: Any) -> None:
+    """Commit a manifest whose last shard entry is changed (as someone else's dataset might be)."""
+    store.put_json("datasets/toy/manifest.json", {**m, "shards": [*m["shards"][:-1], {**m["shards"][-1], **shard}]})
+
+
+def test_pull_refuses_names_outside_dest(store: Any, make_cfg: Any, run_synthesis: Any, tmp_path: Path,
+                                         capsys: Any) -> None:
+    m = run_synthesis(make_cfg(count=8, shard_size=4), store)
+    url, endpoint = _url(store)
+    outside = tmp_path / "elsewhere" / "evil.tar"
+    payload = b"not yours" * 100
+    sha = hashlib.sha256(payload).hexdigest()
+    # put where the source reads these names from, with the right sha256: only the name gives them away
+    store.put_bytes("datasets/toy/" + str(outside).lstrip("/"), payload)  # S3: join_key drops the leading '/'
+    store.put_bytes("datasets/evil.tar", payload)  # a directory: datasets/toy/../evil.tar
+    dest = tmp_path / "d" / "copy"
+    for name in ["../evil.tar", str(outside), "sub/../../evil.tar", "..", ".", "a\\b.tar", "nul\0.tar", "",
+                 "manifest.json", "shard-000000.tar"]:  # the last: two entries, one file
+        _tamper(store, m, name=name, sha256=sha, bytes=len(payload))
+        with pytest.raises(DatasetError, match="is not a plain file name|already lists"):
+            pull(open_source(url, getattr(store, "endpoint_url", None)), dest)
+        assert not dest.exists() and not outside.exists()  # the whole manifest is refused before any write
+        assert not (tmp_path / "d" / "evil.tar").exists()
+    assert main(["pull", url, str(dest), *endpoint]) == 1
+    assert "shards[1].name 'shard-000000.tar' names a file the manifest already lists" in capsys.readouterr().err
+    for field, value in [("network", {**m["network"], "file": "../net.safetensors"}), ("wids_index", "/tmp/x.json")]:
+        store.put_json("datasets/toy/manifest.json", {**m, field: value})
+        with pytest.raises(DatasetError, match=f"{field}.* is not a plain file name"):
+            pull(open_source(url, getattr(store, "endpoint_url", None)), dest)
+        assert not dest.exists()
+
+
+def test_pull_refuses_a_shard_whose_size_is_not_the_manifests(store: Any, make_cfg: Any, run_synthesis: Any,
+                                                               tmp_path: Path) -> None:
+    m = run_synthesis(make_cfg(count=8, shard_size=4), store)
+    _tamper(store, m, bytes=m["shards"][-1]["bytes"] + 1)  # sha256 right, size wrong: the manifest lies
+    url, _ = _url(store)
+    dest = tmp_path / "copy"
+    with pytest.raises(DatasetError, match=r"shard-000001.tar \(the manifest says \d+ bytes, it has \d+\)"):
+        pull(open_source(url, getattr(store, "endpoint_url", None)), dest)
+    assert (dest / "shard-000000.tar").exists()
+    assert not (dest / "shard-000001.tar").exists() and not (dest / "manifest.json").exists()

@@ -78,3 +78,39 @@ def test_spec_loads_from_yaml(tmp_path: Any) -> None:
     cfg = load_spec(spec).spec.stages["synth"]
     assert isinstance(cfg, SynthesizeStage) and cfg.array_tasks() == 4 and cfg.labels == "uniform"
     assert cfg.network == str(tmp_path / "net.pkl")
+
+
+@pytest.mark.parametrize(
+    ("dataset", "message"),
+    [
+        ("runs/", "overlap the store's own runs/ area"),
+        ("runs", "overlap the store's own runs/ area"),
+        ("Runs/x", "overlap the store's own runs/ area"),
+        ("cache", "overlap the store's own cache/ area"),
+        ("cache/feature-stats", "overlap the store's own cache/ area"),
+        (".cleftgan/x", "overlap the store's own .cleftgan/ area"),
+        ("", "bad dataset name ''"),
+        ("../x", r"bad dataset name '../x' \(part '..'\)"),
+        ("team/../runs", r"part '..'"),
+        ("/abs/x", "part ''"),
+        ("datasets/", "part ''"),
+        ("a//b", "part ''"),
+        ("a\\b", "bad dataset name"),
+        ("faces\n", "bad dataset name"),
+        ("datasets/a/b", "would be inside dataset 'datasets/a'"),
+    ],
+)
+def test_dataset_names_stay_out_of_the_stores_own_areas(dataset: str, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        make(count=10, dataset=dataset)
+
+
+def test_dataset_name_errors_point_at_the_spec_line(tmp_path: Any) -> None:
+    from cleftgan_hpc.errors import SpecError
+    from cleftgan_hpc.spec.load import load_spec
+
+    spec = tmp_path / "job.yaml"
+    spec.write_text("name: s\nstore: file://./store\nstages:\n  synth:\n    kind: synthesize\n    network: net.pkl\n"
+                    "    count: 10\n    overwrite: true\n    dataset: runs/\n")
+    with pytest.raises(SpecError, match=r"job.yaml:9:\d+: .*dataset.*overlap the store's own runs/ area"):
+        load_spec(spec)

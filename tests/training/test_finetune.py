@@ -210,3 +210,56 @@ stages:
     assert moved > 0, "fine-tuning changed the pretrained weights"
     grids = list((tmp_path / "store/runs/fx-1/stages/train/samples").glob("grid-*.png"))
     assert len(grids) == 4
+
+
+def test_sigkilled_launcher_leaves_no_stage_behind_and_a_rerun_resumes(tiny_dataset: Path, tmp_path: Path) -> None:
+    """SIGKILL to the process group of `cleftgan-hpc run` mid-fine-tune: the stage (in its own
+    session) checkpoints, records itself pending and exits; an immediate re-run resumes."""
+    import json
+    import signal
+    import time
+
+    spec = tmp_path / "job.yaml"
+    spec.write_text(f"""
+name: orphan
+stages:
+  train:
+    kind: finetune
+    network: random
+    dataset: {tiny_dataset}
+    random_network: {{channel_base: 256, channel_max: 16, z_dim: 16, w_dim: 16}}
+    batch: 4
+    kimg: 0.048
+    snapshot_kimg: 0.008
+    augment: none
+""")
+    cmd = [sys.executable, "-m", "cleftgan_hpc.cli", "run", str(spec), "--run", "o-1"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:  # the stage is training and has checkpointed once
+        if "checkpoint step" in line:
+            break
+    status_file = tmp_path / "store/runs/o-1/stages/train/status.json"
+    stage_pid = json.loads(status_file.read_text())["pid"]
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    def running(pid: int) -> bool:  # a zombie has exited: it waits for a parent that no longer exists
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return not f.read().rsplit(") ", 1)[-1].startswith("Z")
+        except FileNotFoundError:
+            return False
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and running(stage_pid):
+        time.sleep(0.2)
+    alive = running(stage_pid)
+    if alive:
+        os.kill(stage_pid, signal.SIGKILL)
+    assert not alive, "the stage outlived its launcher"
+    status = json.loads(status_file.read_text())
+    assert status["state"] == "pending", status
+    again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "resumed from step" in again.stdout

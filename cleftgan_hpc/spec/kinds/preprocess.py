@@ -46,6 +46,15 @@ class PreprocessStage(StageBase):
     dedupe_distance: int = Field(
         6, ge=0, le=32, description="Max Hamming distance of 64-bit pHashes counted as duplicates."
     )
+    min_face_size: int | None = Field(
+        None,
+        ge=1,
+        description="Smallest face accepted, in source pixels: the side of the square that becomes the "
+        "output (the FFHQ crop around the landmarks, about 4x the eye distance, or the centre crop). Smaller "
+        "faces are rejected, not upscaled: an upscaled tiny face is blur and compression noise, which the "
+        "network would learn as a face. Default (null): half the resolution, i.e. at most 2x upscaling; "
+        "1 accepts any size.",
+    )
     max_image_pixels: int = Field(
         100_000_000, ge=1, description="Images with more pixels are rejected as decompression bombs."
     )
