@@ -34,7 +34,7 @@ clean:
 	rm -rf $(VENV) store .pytest_cache .ruff_cache
 
 readme: venv  ## regenerate the spec reference in README.md
-	$(BIN)/python -m cleftgan_hpc.spec.reference README.md
+	$(BIN)/python -m cleftgan_hpc.jobspec.reference README.md
 
 test-container: venv  ## build the Dockerfile (CPU base) and run doctor and the demo inside (~5 min cold)
 	bash containers/test_build.sh

@@ -84,7 +84,7 @@ def bench_generator(net: Path, images: int, batch: int, device: str) -> float:
 def bench_end_to_end(
     store: object, net: Path, images: int, batch: int, device: str, cpus: int, name: str, scratch: Path
 ) -> float:
-    from cleftgan_hpc.spec.kinds.synthesize import SynthesizeStage
+    from cleftgan_hpc.jobspec.kinds.synthesize import SynthesizeStage
     from cleftgan_hpc.synthesis.build import synthesize
 
     cfg = SynthesizeStage.model_validate(
@@ -181,7 +181,7 @@ def rss_child(images: int, workdir: Path) -> None:
     """Run the pipeline with the stand-in generator; print this process's peak RSS (MiB) as JSON."""
     import torch
 
-    from cleftgan_hpc.spec.kinds.synthesize import SynthesizeStage
+    from cleftgan_hpc.jobspec.kinds.synthesize import SynthesizeStage
     from cleftgan_hpc.storage.local import LocalStore
     from cleftgan_hpc.synthesis.layout import all_shards, options_digest
     from cleftgan_hpc.synthesis.pipeline import Pipeline, Recipe
@@ -345,7 +345,7 @@ def main() -> None:
     import torch
     from services.s3_server import start_s3_server
 
-    from cleftgan_hpc.spec.kinds.synthesize import SynthesizeStage
+    from cleftgan_hpc.jobspec.kinds.synthesize import SynthesizeStage
     from cleftgan_hpc.storage.s3 import S3Store
 
     if a.upload_concurrency is None:

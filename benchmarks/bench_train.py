@@ -16,8 +16,8 @@ import time
 
 import torch
 
+from cleftgan_hpc.jobspec.stages import FinetuneStage
 from cleftgan_hpc.model import Discriminator, Generator
-from cleftgan_hpc.spec.stages import FinetuneStage
 from cleftgan_hpc.training import distributed
 from cleftgan_hpc.training.augment import AugmentConfig, AugmentPipe
 from cleftgan_hpc.training.loop import TrainData, Trainer, copy_networks

@@ -15,7 +15,7 @@ from cleftgan_hpc.errors import CleftGanError, SpecError
 
 
 def _load(path: str):  # -> LoadedSpec
-    from cleftgan_hpc.spec.load import load_spec
+    from cleftgan_hpc.jobspec.load import load_spec
 
     loaded = load_spec(path)
     for warning in loaded.warnings:
@@ -149,7 +149,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from cleftgan_hpc.spec.reference import spec_reference
+    from cleftgan_hpc.jobspec.reference import spec_reference
 
     print(spec_reference())
     return 0

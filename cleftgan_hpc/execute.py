@@ -19,14 +19,14 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
+from cleftgan_hpc.context import EXIT_REQUEUE, StageContext, StopRequested
 from cleftgan_hpc.errors import CleftGanError
+from cleftgan_hpc.jobspec.models import StoreConfig
+from cleftgan_hpc.jobspec.stages import AnyStage
 from cleftgan_hpc.plan import PlannedStage, make_plan
 from cleftgan_hpc.ranks import detect
 from cleftgan_hpc.runs import RunState
-from cleftgan_hpc.spec.models import StoreConfig
-from cleftgan_hpc.spec.stages import AnyStage
 from cleftgan_hpc.stages import stage_function
-from cleftgan_hpc.stages.context import EXIT_REQUEUE, StageContext, StopRequested
 
 EXIT_FAILED = 1
 PARENT_PID_ENV = "CLEFTGAN_LAUNCHER_PID"  # set by the local launcher on the stage processes it starts

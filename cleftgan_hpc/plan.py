@@ -7,11 +7,11 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
-from cleftgan_hpc.spec.job import JobSpec
-from cleftgan_hpc.spec.load import dependencies
-from cleftgan_hpc.spec.models import Resources, input_fields, stage_ref
-from cleftgan_hpc.spec.stages import AnyStage
-from cleftgan_hpc.stages.context import stage_prefix
+from cleftgan_hpc.jobspec.job import JobSpec
+from cleftgan_hpc.jobspec.load import dependencies
+from cleftgan_hpc.jobspec.models import Resources, input_fields, stage_ref
+from cleftgan_hpc.jobspec.stages import AnyStage
+from cleftgan_hpc.layout import stage_prefix
 from cleftgan_hpc.storage.base import join_key
 
 

@@ -21,9 +21,9 @@ from typing import Literal
 import yaml
 
 from cleftgan_hpc.errors import CleftGanError, ObjectNotFound
+from cleftgan_hpc.jobspec.job import JobSpec
+from cleftgan_hpc.layout import stage_prefix
 from cleftgan_hpc.plan import Plan
-from cleftgan_hpc.spec.job import JobSpec
-from cleftgan_hpc.stages.context import stage_prefix
 from cleftgan_hpc.storage.base import ObjectStore, join_key
 
 State = Literal["pending", "running", "done", "failed", "cancelled"]
@@ -97,7 +97,7 @@ class RunState:
         self.store.put_text(join_key(self.prefix, "spec.yaml"), text)
 
     def load_spec(self) -> JobSpec:
-        from cleftgan_hpc.spec.load import parse_spec
+        from cleftgan_hpc.jobspec.load import parse_spec
 
         key = join_key(self.prefix, "spec.yaml")
         try:

@@ -130,28 +130,22 @@ print(f"  {len(installed)} packages, all pinned" if not stray else f"  {len(stra
 sys.exit(1 if stray else 0)
 EOF
 log "cleftgan-hpc doctor (in the container)"
-if ! docker run --rm --network none "$IMAGE" --help | grep -qw doctor; then
-  log "  (doctor is not wired into the cli yet: running python -m cleftgan_hpc.doctor)"
-  doctor=(--entrypoint python "$IMAGE" -m cleftgan_hpc.doctor)
-else
-  doctor=("$IMAGE" doctor)
-fi
-docker run --rm --network none "${doctor[@]}" --store file:///tmp/store | sed 's/^/  /' >&2 \
+docker run --rm --network none "$IMAGE" doctor --store file:///tmp/store | sed 's/^/  /' >&2 \
   || die "doctor failed in the container"
 # The sweep extra: Ray Tune imports, with the modules the sweep stage uses, and runs a tiny
 # experiment (a local Ray, 2 trials) as the image's user, without network; the `ray` command
 # (a sweep's Ray cluster on Slurm) is in the venv.
 log "ray.tune (the sweep extra) imports and runs (in the container, no network)"
 docker run --rm --network none --shm-size=256m --entrypoint python "$IMAGE" -c '
-import pyarrow.fs  # noqa: F401  Tune storage on our store (cleftgan_hpc.launch.tune_storage)
+import pyarrow.fs  # noqa: F401  Tune storage on our store (cleftgan_hpc.stages.sweep_storage)
 import ray
 import ray.tune
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining  # noqa: F401
 from ray.tune.search.basic_variant import BasicVariantGenerator  # noqa: F401
 
-import cleftgan_hpc.launch.ray_tune  # noqa: F401
-import cleftgan_hpc.launch.tune_storage  # noqa: F401
+import cleftgan_hpc.stages.sweep_tune  # noqa: F401
+import cleftgan_hpc.stages.sweep_storage  # noqa: F401
 
 ray.init(num_cpus=2, include_dashboard=False, _temp_dir="/tmp/ray", log_to_driver=False)
 grid = tune.Tuner(lambda config: {"score": config["x"] ** 2}, param_space={"x": tune.grid_search([1, 2])},

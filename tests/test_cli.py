@@ -57,9 +57,9 @@ def test_plan_lists_stages_in_order_with_outputs() -> None:
 
 
 def test_schema_documents_every_field() -> None:
-    from cleftgan_hpc.spec.kinds.evaluate import DISHOptions, PPLOptions
-    from cleftgan_hpc.spec.models import ContainerConfig, Resources, SlurmConfig, StoreConfig
-    from cleftgan_hpc.spec.stages import KINDS
+    from cleftgan_hpc.jobspec.kinds.evaluate import DISHOptions, PPLOptions
+    from cleftgan_hpc.jobspec.models import ContainerConfig, Resources, SlurmConfig, StoreConfig
+    from cleftgan_hpc.jobspec.stages import KINDS
 
     out = cli("schema")
     assert out.returncode == 0
@@ -70,6 +70,6 @@ def test_schema_documents_every_field() -> None:
 
 
 def test_readme_spec_reference_is_current() -> None:
-    from cleftgan_hpc.spec.reference import spec_reference
+    from cleftgan_hpc.jobspec.reference import spec_reference
 
     assert spec_reference() in (REPO / "README.md").read_text(), "regenerate with: cleftgan-hpc schema"

@@ -116,8 +116,8 @@ def test_failed_stage_cancels_dependents(tmp_path: Path) -> None:
 
 
 def test_latest_run_is_this_jobs_and_stored_specs_keep_literal_dollars(tmp_path: Path) -> None:
+    from cleftgan_hpc.jobspec.load import parse_spec
     from cleftgan_hpc.runs import latest_run_id, new_run_id
-    from cleftgan_hpc.spec.load import parse_spec
 
     store = LocalStore(tmp_path / "store")
     spec = parse_spec("name: dol\nstages:\n  faces: {kind: demo_data, count: 2}\n", env={}).spec
@@ -141,8 +141,8 @@ def test_a_run_in_progress_or_of_another_job_is_refused(tmp_path: Path) -> None:
     import os
     import socket
 
+    from cleftgan_hpc.jobspec.load import load_spec
     from cleftgan_hpc.runs import StageStatus
-    from cleftgan_hpc.spec.load import load_spec
 
     path = tmp_path / "job.yaml"
     path.write_text("name: busy\nstages:\n  faces: {kind: demo_data, count: 2, size: 64}\n")
@@ -179,7 +179,7 @@ stages:
 
 @pytest.mark.slow
 def test_a_longer_kimg_continues_training_and_another_seed_starts_over(tmp_path: Path, tiny_dataset: Path) -> None:
-    from cleftgan_hpc.spec.kinds.evaluate import EvaluateStage
+    from cleftgan_hpc.jobspec.kinds.evaluate import EvaluateStage
 
     job = tmp_path / "job.yaml"
     store = LocalStore(tmp_path / "store")

@@ -14,7 +14,7 @@ from cleftgan_hpc.errors import CleftGanError, LaunchError
 
 
 def _load(path: str):  # -> JobSpec
-    from cleftgan_hpc.spec.load import load_spec
+    from cleftgan_hpc.jobspec.load import load_spec
 
     loaded = load_spec(path)
     for warning in loaded.warnings:
@@ -138,13 +138,13 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from cleftgan_hpc.doctor import FAIL, run_checks
+    from cleftgan_hpc.launch.doctor import FAIL, run_checks
 
     store = None
     if args.spec:
         store = _load(args.spec).store
     elif args.store:
-        from cleftgan_hpc.spec.models import StoreConfig
+        from cleftgan_hpc.jobspec.models import StoreConfig
 
         store = StoreConfig.model_validate({"url": args.store}, context={"base_dir": Path.cwd()})
     checks = run_checks(store, require_gpus=args.gpus)

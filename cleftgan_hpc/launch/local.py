@@ -12,10 +12,10 @@ import sys
 import threading
 import time
 
+from cleftgan_hpc.context import EXIT_REQUEUE
 from cleftgan_hpc.execute import PARENT_PID_ENV
 from cleftgan_hpc.plan import Plan, PlannedStage
 from cleftgan_hpc.runs import RunState, StageStatus, decide, prepare_stage, say
-from cleftgan_hpc.stages.context import EXIT_REQUEUE
 
 
 def _relay(proc: subprocess.Popen[str], label: str) -> None:

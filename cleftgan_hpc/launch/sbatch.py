@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cleftgan_hpc.errors import SECRET_NAME, LaunchError
-from cleftgan_hpc.spec.job import JobSpec
-from cleftgan_hpc.spec.models import ContainerConfig, Resources
+from cleftgan_hpc.jobspec.job import JobSpec
+from cleftgan_hpc.jobspec.models import ContainerConfig, Resources
 
 _VARREF = re.compile(r"\$(?:([A-Za-z_][A-Za-z0-9_]*)|\{([A-Za-z_][A-Za-z0-9_]*)\})")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")

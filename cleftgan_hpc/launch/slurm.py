@@ -43,6 +43,7 @@ from typing import Any
 
 import submitit
 
+from cleftgan_hpc.context import EXIT_REQUEUE
 from cleftgan_hpc.errors import LaunchError
 from cleftgan_hpc.launch.sbatch import (
     ACTIVE,
@@ -60,7 +61,6 @@ from cleftgan_hpc.launch.sbatch import (
 )
 from cleftgan_hpc.plan import Plan, PlannedStage
 from cleftgan_hpc.runs import RunState, StageStatus, decide, prepare_stage, say
-from cleftgan_hpc.stages.context import EXIT_REQUEUE
 
 RECORD = "slurm.json"  # per stage, next to status.json: what was submitted for it
 
@@ -103,7 +103,7 @@ class StageJob:
         say(f"cleftgan-hpc: run {self.run_id} stage {self.stage} {what}, slurm job {_job_id()}, "
             f"restart {os.environ.get('SLURM_RESTART_COUNT', '0')}, GPUs {os.environ.get('CUDA_VISIBLE_DEVICES', '-')}")
         if rank == 0:
-            from cleftgan_hpc.doctor import preflight
+            from cleftgan_hpc.launch.doctor import preflight
 
             problem = preflight(self.store)
             if problem:
@@ -245,7 +245,7 @@ class StageJob:
             say(f"cleftgan-hpc: could not requeue {jid}: {exc}")
 
     def _run(self) -> RunState:
-        from cleftgan_hpc.spec.models import StoreConfig
+        from cleftgan_hpc.jobspec.models import StoreConfig
         from cleftgan_hpc.storage import open_store
 
         return RunState(open_store(StoreConfig.model_validate(self.store)), self.run_id)

@@ -23,11 +23,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from cleftgan_hpc.errors import CleftGanError, StorageError
+from cleftgan_hpc.layout import CACHE_AREA
 from cleftgan_hpc.metrics.fid import feature_mean_cov
 from cleftgan_hpc.storage.base import ObjectStore, join_key
 
 FORMAT_VERSION = 1
-DEFAULT_PREFIX = "cache/feature-stats"
+DEFAULT_PREFIX = join_key(CACHE_AREA, "feature-stats")
 _TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 

@@ -24,9 +24,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cleftgan_hpc.context import StopRequested
 from cleftgan_hpc.errors import CleftGanError
 from cleftgan_hpc.metrics.lpips import LPIPSNet
-from cleftgan_hpc.training.loop import derive_seed
+from cleftgan_hpc.seeds import derive_seed
 
 LPIPS_MAX_RESOLUTION = 256  # taller images are box-downsampled by an integer factor first
 
@@ -112,8 +113,6 @@ def path_lengths(
     ``on_samples(n)`` is called after each batch of n samples; when ``should_stop()`` is true
     before a batch, ``StopRequested`` is raised.
     """
-    from cleftgan_hpc.stages.context import StopRequested  # lazily: stages import metrics
-
     if num_samples < 1 or first < 0:
         raise CleftGanError(f"PPL needs num_samples >= 1 and first >= 0, got {num_samples}, {first}")
     if batch < 1:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from cleftgan_hpc.stages.context import StageContext
+from cleftgan_hpc.context import StageContext
 
 StageFn = Callable[[Any, StageContext], dict[str, str]]
 

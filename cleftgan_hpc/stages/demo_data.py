@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import shutil
 
+from cleftgan_hpc.context import StageContext, StopRequested
 from cleftgan_hpc.data.demo_faces import make_demo_data
-from cleftgan_hpc.spec.stages import DemoDataStage
-from cleftgan_hpc.stages.context import StageContext, StopRequested
+from cleftgan_hpc.jobspec.stages import DemoDataStage
 from cleftgan_hpc.storage.base import join_key, sha256_file
 
 

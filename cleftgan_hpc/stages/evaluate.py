@@ -25,13 +25,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from cleftgan_hpc.context import StageContext, StopRequested
 from cleftgan_hpc.errors import CleftGanError
+from cleftgan_hpc.jobspec.kinds.evaluate import EvaluateStage
 from cleftgan_hpc.metrics.features import FeatureExtractor, load_feature_extractor, save_tiny_extractor
 from cleftgan_hpc.metrics.lpips import LPIPSNet, load_lpips, save_tiny_lpips
 from cleftgan_hpc.metrics.partial import PartialResults
 from cleftgan_hpc.metrics.severity import SeverityModel, load_severity_model, save_demo_severity_model
-from cleftgan_hpc.spec.kinds.evaluate import EvaluateStage
-from cleftgan_hpc.stages.context import StageContext, StopRequested
 from cleftgan_hpc.storage.base import sha256_file
 
 GRID_IMAGES = 16

@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from cleftgan_hpc.context import StageContext, StopRequested
 from cleftgan_hpc.data.dataset import open_dataset
 from cleftgan_hpc.errors import CleftGanError
-from cleftgan_hpc.spec.stages import FinetuneStage
-from cleftgan_hpc.stages.context import StageContext, StopRequested
+from cleftgan_hpc.jobspec.stages import FinetuneStage
 from cleftgan_hpc.training import distributed
 from cleftgan_hpc.training.loop import (
     Networks,

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from cleftgan_hpc.context import StageContext, StopRequested
 from cleftgan_hpc.data.align import align_face, center_crop, face_size, standardise_background
 from cleftgan_hpc.data.dataset import DatasetWriter, encode_png
 from cleftgan_hpc.data.dedupe import find_duplicates, phash, thumbnail
@@ -40,8 +41,7 @@ from cleftgan_hpc.data.landmarks import (
     read_landmarks_csv,
 )
 from cleftgan_hpc.errors import CleftGanError, DataError
-from cleftgan_hpc.spec.stages import PreprocessStage
-from cleftgan_hpc.stages.context import StageContext, StopRequested
+from cleftgan_hpc.jobspec.stages import PreprocessStage
 from cleftgan_hpc.storage.base import sha256_file
 
 REPORT_VERSION = 1

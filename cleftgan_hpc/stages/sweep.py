@@ -14,9 +14,9 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from cleftgan_hpc.context import StageContext
 from cleftgan_hpc.errors import CleftGanError
-from cleftgan_hpc.spec.kinds.sweep import SweepStage
-from cleftgan_hpc.stages.context import StageContext
+from cleftgan_hpc.jobspec.kinds.sweep import SweepStage
 
 
 def best_of(results: dict[str, Any], exists: Callable[[str], bool]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -85,8 +85,8 @@ def plot_png(results: dict[str, Any]) -> bytes:
 
 
 def run(cfg: SweepStage, ctx: StageContext) -> dict[str, str]:
-    from cleftgan_hpc.launch.ray_tune import run_sweep, trial_config
     from cleftgan_hpc.stages.finetune import export_checkpoint
+    from cleftgan_hpc.stages.sweep_tune import run_sweep, trial_config
 
     results = run_sweep(cfg, ctx)
     outputs = {name: ctx.key(fname) for name, fname in SweepStage.outputs.items()}

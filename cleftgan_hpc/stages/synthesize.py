@@ -7,8 +7,8 @@ verifies every shard and writes the manifest. Killed at any moment, it resumes o
 
 from __future__ import annotations
 
-from cleftgan_hpc.spec.kinds.synthesize import SynthesizeStage
-from cleftgan_hpc.stages.context import StageContext
+from cleftgan_hpc.context import StageContext
+from cleftgan_hpc.jobspec.kinds.synthesize import SynthesizeStage
 
 
 def run(cfg: SynthesizeStage, ctx: StageContext) -> dict[str, str]:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from cleftgan_hpc.errors import StorageError
+from cleftgan_hpc.layout import check_key, join_key  # noqa: F401 - part of the store API
 
 CHUNK = 1 << 20  # 1 MiB: read size for hashing and copying
 
@@ -66,18 +67,6 @@ class ObjectInfo:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
-def check_key(key: str) -> str:
-    """Return ``key`` if it is a valid relative object key, else raise StorageError."""
-    if not isinstance(key, str) or not key or key.startswith("/") or "\\" in key:
-        raise StorageError(f"invalid object key {key!r}: expected a relative path like 'runs/x/file'")
-    parts = key.split("/")
-    if any(p in ("", ".", "..") for p in parts):
-        raise StorageError(f"invalid object key {key!r}: empty, '.' or '..' parts are not allowed")
-    if any(ord(c) < 32 or ord(c) == 127 for c in key):
-        raise StorageError(f"invalid object key {key!r}: control characters are not allowed")
-    return key
-
-
 _META_KEY = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 RESERVED_METADATA = frozenset({"sha256"})
 
@@ -105,11 +94,6 @@ def check_prefix(prefix: str) -> str:
     if not isinstance(prefix, str) or prefix.startswith("/") or "\\" in prefix:
         raise StorageError(f"invalid prefix {prefix!r}: expected a relative key prefix like 'runs/x/'")
     return prefix
-
-
-def join_key(*parts: str) -> str:
-    """Join key parts with '/', ignoring empty parts."""
-    return "/".join(p.strip("/") for p in parts if p and p.strip("/"))
 
 
 def sha256_file(path: str | Path) -> str:

@@ -9,7 +9,7 @@ from cleftgan_hpc.errors import StorageError
 from cleftgan_hpc.storage.base import ObjectStore
 
 if TYPE_CHECKING:
-    from cleftgan_hpc.spec.models import StoreConfig
+    from cleftgan_hpc.jobspec.models import StoreConfig
 
 
 def open_store(cfg: StoreConfig) -> ObjectStore:

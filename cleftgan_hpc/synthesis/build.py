@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from cleftgan_hpc.errors import ObjectExists
-from cleftgan_hpc.spec.kinds.synthesize import SynthesizeStage, check_dataset
+from cleftgan_hpc.jobspec.kinds.synthesize import SynthesizeStage
+from cleftgan_hpc.layout import check_dataset
 from cleftgan_hpc.storage.base import ObjectInfo, ObjectStore, join_key
 from cleftgan_hpc.synthesis.layout import (
     FORMAT_EXT,
@@ -156,7 +157,7 @@ def synthesize(
 ) -> dict[str, Any] | None:
     """Run task ``task`` of ``cfg`` (None: the whole job and its commit). Returns the manifest when
     committed, else None. Raises StopRequested when ``should_stop`` turned true."""
-    from cleftgan_hpc.stages.context import StopRequested
+    from cleftgan_hpc.context import StopRequested
     from cleftgan_hpc.storage.base import sha256_file
     from cleftgan_hpc.synthesis.generate import check_labels, load_generator
 

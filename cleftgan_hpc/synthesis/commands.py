@@ -14,7 +14,7 @@ from cleftgan_hpc.errors import CleftGanError
 
 def _spec_default(field: str) -> object:
     """A synthesize spec field's default: the CLI and the YAML spec share one source."""
-    from cleftgan_hpc.spec.kinds.synthesize import SynthesizeStage
+    from cleftgan_hpc.jobspec.kinds.synthesize import SynthesizeStage
 
     return SynthesizeStage.model_fields[field].default
 
@@ -132,8 +132,9 @@ def _task(args: argparse.Namespace) -> tuple[int | None, int]:
 def synthesize_command(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from cleftgan_hpc.spec.kinds.synthesize import SynthesizeStage, check_dataset
-    from cleftgan_hpc.spec.models import StoreConfig
+    from cleftgan_hpc.jobspec.kinds.synthesize import SynthesizeStage
+    from cleftgan_hpc.jobspec.models import StoreConfig
+    from cleftgan_hpc.layout import check_dataset
 
     try:  # first, and by its flag's name: the name decides what overwrite may delete
         check_dataset(args.dataset)
@@ -169,9 +170,9 @@ def _run_synthesis(cfg: Any, store_cfg: Any, network: Path, task: int | None, ar
 
     import torch
 
+    from cleftgan_hpc.context import EXIT_REQUEUE, StopRequested
     from cleftgan_hpc.execute import scratch_root
     from cleftgan_hpc.progress import Progress
-    from cleftgan_hpc.stages.context import EXIT_REQUEUE, StopRequested
     from cleftgan_hpc.storage import open_store
     from cleftgan_hpc.synthesis.build import synthesize
 

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from cleftgan_hpc.spec.kinds.synthesize import SynthesizeStage
+from cleftgan_hpc.jobspec.kinds.synthesize import SynthesizeStage
 from cleftgan_hpc.storage.base import join_key
 
 FORMAT_EXT = {"png": "png", "jpeg": "jpg", "webp": "webp"}

@@ -202,7 +202,7 @@ def open_source(url: str, endpoint_url: str | None = None) -> DatasetSource:
     if url.endswith("/manifest.json"):
         url = url[: -len("/manifest.json")]
     if url.startswith("s3://"):
-        from cleftgan_hpc.spec.models import StoreConfig
+        from cleftgan_hpc.jobspec.models import StoreConfig
         from cleftgan_hpc.storage import open_store
 
         bucket, _, prefix = url[5:].partition("/")

@@ -10,7 +10,6 @@ sliced per process, so N processes see the same samples as one process accumulat
 from __future__ import annotations
 
 import copy
-import hashlib
 import math
 import time
 from collections.abc import Callable
@@ -20,7 +19,9 @@ import numpy as np
 import torch
 
 from cleftgan_hpc.errors import CleftGanError
-from cleftgan_hpc.spec.stages import FinetuneStage
+from cleftgan_hpc.jobspec.stages import FinetuneStage
+from cleftgan_hpc.seeds import derive_seed
+from cleftgan_hpc.seeds import seeded_generator as generator
 from cleftgan_hpc.training import distributed
 from cleftgan_hpc.training.ada import AdaConfig, AdaController
 from cleftgan_hpc.training.loss import Loss
@@ -31,16 +32,6 @@ D_REG_INTERVAL = 16  # lazy R1 every 16 D steps (StyleGAN3 has no G regulariser:
 
 class TrainingDiverged(CleftGanError):
     """A loss became NaN or Inf; the last good checkpoint is intact."""
-
-
-def derive_seed(*parts: int | str) -> int:
-    """A 63-bit seed from any tuple of ints and names (stable across runs and machines)."""
-    h = hashlib.sha256(repr(parts).encode()).digest()
-    return int.from_bytes(h[:8], "little") & (2**63 - 1)
-
-
-def generator(*parts: int | str) -> torch.Generator:
-    return torch.Generator().manual_seed(derive_seed(*parts))
 
 
 @dataclass

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cleftgan_hpc.context import StageContext
 from cleftgan_hpc.metrics import (
     FeatureStatsCache,
     exact_fp32,
@@ -23,10 +24,10 @@ from cleftgan_hpc.metrics import (
     save_tiny_extractor,
     uint8_batches,
 )
-from cleftgan_hpc.stages.context import StageContext
+from cleftgan_hpc.seeds import derive_seed
 from cleftgan_hpc.storage.base import sha256_file
 from cleftgan_hpc.training import distributed
-from cleftgan_hpc.training.loop import TrainData, derive_seed
+from cleftgan_hpc.training.loop import TrainData
 
 
 class SnapshotMetrics:

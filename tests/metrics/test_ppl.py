@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from cleftgan_hpc.context import StopRequested
 from cleftgan_hpc.errors import CleftGanError
 from cleftgan_hpc.metrics.features import extractor_digest
 from cleftgan_hpc.metrics.lpips import (
@@ -21,8 +22,7 @@ from cleftgan_hpc.metrics.lpips import (
 )
 from cleftgan_hpc.metrics.ppl import PPLSettings, path_lengths, ppl_from_lengths
 from cleftgan_hpc.model import Generator
-from cleftgan_hpc.stages.context import StopRequested
-from cleftgan_hpc.training.loop import derive_seed
+from cleftgan_hpc.seeds import derive_seed
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ import textwrap
 import time
 from pathlib import Path
 
+from cleftgan_hpc.jobspec.load import load_spec
 from cleftgan_hpc.runs import RunState, latest_run_id
-from cleftgan_hpc.spec.load import load_spec
 from cleftgan_hpc.storage import open_store
 
 

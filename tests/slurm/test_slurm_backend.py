@@ -208,7 +208,7 @@ def test_preempted_finetune_resumes_and_matches_an_uninterrupted_run(tmp_path: P
 
 
 def test_finetune_runs_one_task_per_gpu(tmp_path: Path, tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from cleftgan_hpc.spec.stages import FinetuneStage
+    from cleftgan_hpc.jobspec.stages import FinetuneStage
 
     # The contract (launch/slurm.py): a stage class with task_per_gpu gets one srun task per GPU.
     monkeypatch.setattr(FinetuneStage, "task_per_gpu", True, raising=False)

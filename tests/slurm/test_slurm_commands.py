@@ -65,10 +65,10 @@ def test_doctor_checks_the_store(tmp_path: Path, capsys: pytest.CaptureFixture) 
 
 
 def test_status_off_the_cluster_falls_back_to_the_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cleftgan_hpc.jobspec.load import load_spec
     from cleftgan_hpc.launch.slurm import RECORD, SlurmLauncher
     from cleftgan_hpc.plan import make_plan
     from cleftgan_hpc.runs import RunState
-    from cleftgan_hpc.spec.load import load_spec
     from cleftgan_hpc.storage import open_store
 
     s = load_spec(spec(tmp_path)).spec

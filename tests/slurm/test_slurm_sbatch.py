@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from cleftgan_hpc.jobspec.load import load_spec
+from cleftgan_hpc.jobspec.models import Resources
 from cleftgan_hpc.launch.sbatch import (
     JobState,
     _array_count,
@@ -19,8 +21,6 @@ from cleftgan_hpc.launch.sbatch import (
     stage_shape,
     summarize,
 )
-from cleftgan_hpc.spec.load import load_spec
-from cleftgan_hpc.spec.models import Resources
 
 HOSTILE = [
     "$(touch {c}1)",
@@ -94,7 +94,7 @@ def test_render_script_with_hostile_values_runs_no_injected_command(tmp_path: Pa
 
 
 def test_render_array_and_container(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from cleftgan_hpc.spec.stages import DemoDataStage
+    from cleftgan_hpc.jobspec.stages import DemoDataStage
 
     monkeypatch.setattr(DemoDataStage, "array_tasks", lambda self: 10, raising=False)
     spec = load_spec(spec_file(tmp_path, """

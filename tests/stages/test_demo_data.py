@@ -6,8 +6,8 @@ import csv
 import io
 import logging
 
-from cleftgan_hpc.spec.stages import DemoDataStage
-from cleftgan_hpc.stages.context import StageContext
+from cleftgan_hpc.context import StageContext
+from cleftgan_hpc.jobspec.stages import DemoDataStage
 from cleftgan_hpc.stages.demo_data import run
 from cleftgan_hpc.storage.local import LocalStore
 

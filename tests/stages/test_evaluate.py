@@ -14,9 +14,9 @@ import pytest
 from PIL import Image
 from tiny_nets import save_tiny_generator
 
+from cleftgan_hpc.context import StageContext, StopRequested
 from cleftgan_hpc.errors import CleftGanError, SpecError
-from cleftgan_hpc.spec.kinds.evaluate import EvaluateStage
-from cleftgan_hpc.stages.context import StageContext, StopRequested
+from cleftgan_hpc.jobspec.kinds.evaluate import EvaluateStage
 from cleftgan_hpc.storage.base import ObjectStore
 from cleftgan_hpc.storage.local import LocalStore
 
@@ -61,7 +61,7 @@ def test_each_metric_needs_its_model(metric: str, field: str) -> None:
 
 
 def test_spec_errors_name_file_line_and_field(tmp_path: Path) -> None:
-    from cleftgan_hpc.spec.load import load_spec
+    from cleftgan_hpc.jobspec.load import load_spec
 
     job = tmp_path / "job.yaml"
     job.write_text(

@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cleftgan_hpc.context import StageContext, StopRequested
 from cleftgan_hpc.data.align import align_face, standardise_background
 from cleftgan_hpc.data.dataset import open_dataset
 from cleftgan_hpc.data.demo_faces import make_demo_data
 from cleftgan_hpc.data.landmarks import LANDMARK_COLUMNS
 from cleftgan_hpc.errors import DataError
-from cleftgan_hpc.spec.stages import PreprocessStage
+from cleftgan_hpc.jobspec.stages import PreprocessStage
 from cleftgan_hpc.stages import preprocess
-from cleftgan_hpc.stages.context import StageContext, StopRequested
 from cleftgan_hpc.storage.local import LocalStore
 
 N_FACES = 24

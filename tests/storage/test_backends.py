@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cleftgan_hpc.errors import ObjectNotFound, StorageError
-from cleftgan_hpc.spec.models import StoreConfig
+from cleftgan_hpc.jobspec.models import StoreConfig
 from cleftgan_hpc.storage.local import LocalStore
 from cleftgan_hpc.storage.open import open_store
 

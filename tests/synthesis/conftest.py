@@ -22,7 +22,7 @@ def tiny_cond_net(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def make_cfg(tiny_net: Path) -> Any:
-    from cleftgan_hpc.spec.kinds.synthesize import SynthesizeStage
+    from cleftgan_hpc.jobspec.kinds.synthesize import SynthesizeStage
 
     def make(**kw: Any) -> SynthesizeStage:
         base: dict[str, Any] = {"kind": "synthesize", "network": str(tiny_net), "count": 20, "shard_size": 5,

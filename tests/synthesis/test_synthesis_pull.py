@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
-from cleftgan_hpc.data.stream import ShardDataset
 from cleftgan_hpc.storage.base import sha256_file
 from cleftgan_hpc.synthesis.commands import main
 from cleftgan_hpc.synthesis.manifest import DatasetError, open_source
 from cleftgan_hpc.synthesis.pull import pull
 from cleftgan_hpc.synthesis.regenerate import regenerate
+from cleftgan_hpc.synthesis.stream import ShardDataset
 
 
 def _url(store: Any) -> tuple[str, list[str]]:

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from cleftgan_hpc.spec.kinds.synthesize import SynthesizeStage
-from cleftgan_hpc.spec.stages import KINDS
+from cleftgan_hpc.jobspec.kinds.synthesize import SynthesizeStage
+from cleftgan_hpc.jobspec.stages import KINDS
 from cleftgan_hpc.synthesis.layout import all_shards, batches, sample_key, task_shards
 
 BASE: dict[str, Any] = {"kind": "synthesize", "network": "/nets/g.pkl", "dataset": "faces"}
@@ -68,7 +68,7 @@ def test_shards_and_tasks_are_disjoint_and_complete() -> None:
 
 
 def test_spec_loads_from_yaml(tmp_path: Any) -> None:
-    from cleftgan_hpc.spec.load import load_spec
+    from cleftgan_hpc.jobspec.load import load_spec
 
     spec = tmp_path / "job.yaml"
     spec.write_text(
@@ -107,7 +107,7 @@ def test_dataset_names_stay_out_of_the_stores_own_areas(dataset: str, message: s
 
 def test_dataset_name_errors_point_at_the_spec_line(tmp_path: Any) -> None:
     from cleftgan_hpc.errors import SpecError
-    from cleftgan_hpc.spec.load import load_spec
+    from cleftgan_hpc.jobspec.load import load_spec
 
     spec = tmp_path / "job.yaml"
     spec.write_text("name: s\nstore: file://./store\nstages:\n  synth:\n    kind: synthesize\n    network: net.pkl\n"

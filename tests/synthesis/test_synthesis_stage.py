@@ -36,8 +36,8 @@ def _spec(tmp_path: Path, net: Path, dataset: str = "faces") -> Path:
 
 def test_array_tasks_then_commit(tmp_path: Path, tiny_net: Path, monkeypatch: Any) -> None:
     from cleftgan_hpc.execute import execute_stage
+    from cleftgan_hpc.jobspec.load import load_spec
     from cleftgan_hpc.runs import RunState
-    from cleftgan_hpc.spec.load import load_spec
     from cleftgan_hpc.storage import open_store
 
     monkeypatch.setenv("CLEFTGAN_SCRATCH", str(tmp_path / "scratch"))

@@ -13,9 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-from cleftgan_hpc.data.stream import ShardDataset
 from cleftgan_hpc.errors import StorageError
 from cleftgan_hpc.synthesis.manifest import DatasetError
+from cleftgan_hpc.synthesis.stream import ShardDataset
 
 
 @pytest.fixture
@@ -52,7 +52,7 @@ def test_decoding_and_len(committed: tuple[str, str | None]) -> None:
     first = next(iter(ds))
     assert first["image"].shape == (3, 16, 16) and first["image"].dtype == torch.uint8
     assert first["json"]["seed"] == 0
-    from cleftgan_hpc.data.stream import collate_samples
+    from cleftgan_hpc.synthesis.stream import collate_samples
 
     loader = torch.utils.data.DataLoader(ds, batch_size=8, collate_fn=collate_samples)
     batches = list(loader)

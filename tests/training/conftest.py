@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cleftgan_hpc.stages.context import StageContext
+from cleftgan_hpc.context import StageContext
 from cleftgan_hpc.storage.local import LocalStore
 
 

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from cleftgan_hpc.spec.stages import FinetuneStage
+from cleftgan_hpc.context import StageContext
+from cleftgan_hpc.jobspec.stages import FinetuneStage
 from cleftgan_hpc.stages import finetune
-from cleftgan_hpc.stages.context import StageContext
 from cleftgan_hpc.storage.local import LocalStore
 from cleftgan_hpc.training import distributed
 from cleftgan_hpc.training.loop import Trainer

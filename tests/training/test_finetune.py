@@ -11,10 +11,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from cleftgan_hpc.context import StopRequested
 from cleftgan_hpc.errors import CleftGanError
-from cleftgan_hpc.spec.stages import FinetuneStage
+from cleftgan_hpc.jobspec.stages import FinetuneStage
 from cleftgan_hpc.stages import finetune
-from cleftgan_hpc.stages.context import StopRequested
 from cleftgan_hpc.training.state import CheckpointStore
 
 TINY = {"channel_base": 256, "channel_max": 16, "z_dim": 16, "w_dim": 16}

@@ -7,7 +7,7 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import AfterValidator, Field, ValidationInfo, model_validator
 
 from cleftgan_hpc.errors import FieldError
-from cleftgan_hpc.spec.models import Input, StageBase, Strict, _input
+from cleftgan_hpc.jobspec.models import Input, StageBase, Strict, _input
 
 
 def input_or(*words: str) -> object:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from cleftgan_hpc.errors import SpecError
-from cleftgan_hpc.spec.load import load_spec, parse_spec
-from cleftgan_hpc.spec.stages import KINDS
+from cleftgan_hpc.jobspec.load import load_spec, parse_spec
+from cleftgan_hpc.jobspec.stages import KINDS
 
 
 def write(tmp_path: Path, text: str, name: str = "job.yaml") -> Path:

@@ -7,9 +7,9 @@ from typing import ClassVar, Literal
 from pydantic import Field, model_validator
 
 from cleftgan_hpc.errors import FieldError
-from cleftgan_hpc.spec.kinds.finetune import ExtractorInput, input_or
-from cleftgan_hpc.spec.kinds.synthesize import MAX_SEED
-from cleftgan_hpc.spec.models import Input, StageBase, Strict
+from cleftgan_hpc.jobspec.kinds.finetune import ExtractorInput, input_or
+from cleftgan_hpc.jobspec.kinds.synthesize import MAX_SEED
+from cleftgan_hpc.jobspec.models import Input, StageBase, Strict
 
 LpipsInput = input_or("demo")
 SeverityInput = input_or("demo")

@@ -16,7 +16,7 @@ from typing import Any
 import pyarrow as pa
 from pyarrow import fs
 
-from cleftgan_hpc.spec.models import StoreConfig
+from cleftgan_hpc.jobspec.models import StoreConfig
 from cleftgan_hpc.storage.base import ObjectStore
 
 

@@ -6,8 +6,8 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from cleftgan_hpc.spec.kinds.finetune import ExtractorInput, FinetuneSettings, NetworkInput
-from cleftgan_hpc.spec.models import Input, StageBase, Strict
+from cleftgan_hpc.jobspec.kinds.finetune import ExtractorInput, FinetuneSettings, NetworkInput
+from cleftgan_hpc.jobspec.models import Input, StageBase, Strict
 
 Scalar = float | int | str | bool
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from cleftgan_hpc.errors import SpecError
+from cleftgan_hpc.jobspec.load import MAX_SPEC_BYTES, load_spec, parse_spec
 from cleftgan_hpc.launch.sbatch import render_script
-from cleftgan_hpc.spec.load import MAX_SPEC_BYTES, load_spec, parse_spec
 
 SECRET = "AKIAIOSFODNN7EXAMPLE"
 SECRET_KEY = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"

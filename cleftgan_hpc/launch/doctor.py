@@ -12,7 +12,6 @@ import importlib
 import os
 import shutil
 import socket
-import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -71,7 +70,7 @@ def check_kernels() -> list[Check]:
 
 def check_store(store: Any) -> list[Check]:
     """Reach the store, write a probe object, read it back, delete it."""
-    from cleftgan_hpc.spec.models import StoreConfig
+    from cleftgan_hpc.jobspec.models import StoreConfig
     from cleftgan_hpc.storage import open_store
 
     cfg = store if isinstance(store, StoreConfig) else StoreConfig.model_validate(store)
@@ -124,24 +123,3 @@ def preflight(store: Any) -> str | None:
         print(f"cleftgan-hpc doctor: {c}", flush=True)
     bad = [c for c in checks if c.level == FAIL]
     return f"doctor on {socket.gethostname()}: {bad[0].detail}" if bad else None
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m cleftgan_hpc.doctor`` = ``cleftgan-hpc doctor`` (same arguments)."""
-    import argparse
-
-    from cleftgan_hpc.errors import CleftGanError
-    from cleftgan_hpc.launch.commands import add_commands
-
-    p = argparse.ArgumentParser(prog="python -m cleftgan_hpc.doctor")
-    add_commands(p.add_subparsers(dest="command"))
-    args = p.parse_args(["doctor", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return int(args.func(args))
-    except CleftGanError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -21,9 +21,9 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from cleftgan_hpc.errors import SECRET_NAME, FieldError, SpecError, SpecProblem, looks_secret, shown
-from cleftgan_hpc.spec.job import JobSpec
-from cleftgan_hpc.spec.models import NAME_RE, stage_ref
-from cleftgan_hpc.spec.stages import KINDS
+from cleftgan_hpc.jobspec.job import JobSpec
+from cleftgan_hpc.jobspec.models import NAME_RE, stage_ref
+from cleftgan_hpc.jobspec.stages import KINDS
 
 Loc = tuple[str | int, ...]
 MAX_SPEC_BYTES = 1 << 20

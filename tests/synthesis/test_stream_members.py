@@ -14,9 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
-from cleftgan_hpc.data.stream import ShardDataset
 from cleftgan_hpc.errors import CleftGanError, DataError
 from cleftgan_hpc.synthesis.manifest import build_manifest
+from cleftgan_hpc.synthesis.stream import ShardDataset
 
 
 def png(seed: int) -> bytes:

@@ -9,13 +9,13 @@ from typing import Annotated
 
 from pydantic import Field
 
-from cleftgan_hpc.spec.kinds.demo_data import DemoDataStage
-from cleftgan_hpc.spec.kinds.evaluate import EvaluateStage
-from cleftgan_hpc.spec.kinds.finetune import AugmentOp, FinetuneStage, RandomNetwork
-from cleftgan_hpc.spec.kinds.preprocess import PreprocessStage
-from cleftgan_hpc.spec.kinds.sweep import SweepStage
-from cleftgan_hpc.spec.kinds.synthesize import SynthesizeStage
-from cleftgan_hpc.spec.models import StageBase
+from cleftgan_hpc.jobspec.kinds.demo_data import DemoDataStage
+from cleftgan_hpc.jobspec.kinds.evaluate import EvaluateStage
+from cleftgan_hpc.jobspec.kinds.finetune import AugmentOp, FinetuneStage, RandomNetwork
+from cleftgan_hpc.jobspec.kinds.preprocess import PreprocessStage
+from cleftgan_hpc.jobspec.kinds.sweep import SweepStage
+from cleftgan_hpc.jobspec.kinds.synthesize import SynthesizeStage
+from cleftgan_hpc.jobspec.models import StageBase
 
 AnyStage = Annotated[
     PreprocessStage | DemoDataStage | FinetuneStage | SweepStage | SynthesizeStage | EvaluateStage,

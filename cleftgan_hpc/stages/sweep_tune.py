@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cleftgan_hpc.context import StageContext
 from cleftgan_hpc.errors import CleftGanError
-from cleftgan_hpc.spec.kinds.finetune import FinetuneSettings
-from cleftgan_hpc.spec.kinds.sweep import Domain, SweepStage
-from cleftgan_hpc.spec.models import StoreConfig
-from cleftgan_hpc.spec.stages import FinetuneStage
-from cleftgan_hpc.stages.context import StageContext
+from cleftgan_hpc.jobspec.kinds.finetune import FinetuneSettings
+from cleftgan_hpc.jobspec.kinds.sweep import Domain, SweepStage
+from cleftgan_hpc.jobspec.models import StoreConfig
+from cleftgan_hpc.jobspec.stages import FinetuneStage
 
 
 @dataclass(frozen=True)
@@ -141,7 +141,7 @@ def _storage(store: StoreConfig, key: str) -> tuple[str, Any]:
     """Tune's storage path (and pyarrow filesystem) for a key of the run's store."""
     if store.scheme == "file":
         return str(store.local_root / key), None
-    from cleftgan_hpc.launch.tune_storage import store_filesystem
+    from cleftgan_hpc.stages.sweep_storage import store_filesystem
 
     return key, store_filesystem(store)
 

@@ -16,20 +16,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cleftgan_hpc.errors import CleftGanError
+from cleftgan_hpc.jobspec.models import StoreConfig
+from cleftgan_hpc.layout import join_key, stage_prefix
 from cleftgan_hpc.progress import Progress
-from cleftgan_hpc.spec.models import StoreConfig
-from cleftgan_hpc.storage.base import ObjectStore, join_key
+from cleftgan_hpc.storage.base import ObjectStore
 
 EXIT_REQUEUE = 75  # EX_TEMPFAIL: stopped on request with a checkpoint written; run me again
 
 
 class StopRequested(Exception):  # noqa: N818 - a signal, not an error
     """Raised by a stage that saw ``ctx.should_stop()`` and saved its state: run it again later."""
-
-
-def stage_prefix(run_id: str, stage: str) -> str:
-    """The store prefix holding everything of one stage of one run."""
-    return join_key("runs", run_id, "stages", stage)
 
 
 @dataclass

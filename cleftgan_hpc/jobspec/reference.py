@@ -8,8 +8,8 @@ import typing
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from cleftgan_hpc.spec.job import JobSpec
-from cleftgan_hpc.spec.models import (
+from cleftgan_hpc.jobspec.job import JobSpec
+from cleftgan_hpc.jobspec.models import (
     ContainerConfig,
     Resources,
     SlurmConfig,
@@ -17,7 +17,7 @@ from cleftgan_hpc.spec.models import (
     StoreConfig,
     input_fields,
 )
-from cleftgan_hpc.spec.stages import KINDS
+from cleftgan_hpc.jobspec.stages import KINDS
 
 
 def _type_name(tp: object) -> str:

@@ -7,8 +7,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from cleftgan_hpc.errors import FieldError
-from cleftgan_hpc.spec.models import NAME_RE, Resources, SlurmConfig, StoreConfig, Strict
-from cleftgan_hpc.spec.stages import AnyStage
+from cleftgan_hpc.jobspec.models import NAME_RE, Resources, SlurmConfig, StoreConfig, Strict
+from cleftgan_hpc.jobspec.stages import AnyStage
 
 Backend = Literal["local", "slurm"]
 

@@ -40,7 +40,7 @@ def _input(value: str, info: ValidationInfo) -> str:
             raise ValueError(f"bad stage reference {value!r}: expected stage:NAME or stage:NAME.OUTPUT")
         return value
     if value.startswith("store:"):
-        from cleftgan_hpc.storage.base import check_key
+        from cleftgan_hpc.layout import check_key
 
         try:
             check_key(value[len("store:"):])

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cleftgan_hpc.errors import SpecError
-from cleftgan_hpc.spec.load import parse_spec
+from cleftgan_hpc.jobspec.load import parse_spec
 
 BASE = {
     "name": "demo",

@@ -8,51 +8,12 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from cleftgan_hpc.spec.models import Input, StageBase
+from cleftgan_hpc.jobspec.models import Input, StageBase
+from cleftgan_hpc.layout import check_dataset, dataset_prefix
 
 MAX_SEED = 2**32 - 1  # np.random.RandomState takes seeds below 2**32
-_DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _SEED_RANGE = re.compile(r"^\s*(\d+)\s*-\s*(\d+)\s*$")
 DEFAULT_QUALITY = {"jpeg": 95, "webp": 90}
-
-
-DATASETS_AREA = "datasets"
-# top-level areas of the store that hold something else (run records, the feature-stats cache, the
-# file store's own files): a dataset there would mix with them, and its overwrite would delete them
-RESERVED_AREAS = frozenset({"runs", "cache", ".cleftgan"})
-
-
-def check_dataset(dataset: str) -> str:
-    """``dataset`` if it names a prefix of its own, else ValueError saying why and what to use instead.
-
-    A plain name (letters, digits, '_', '.', '-'; no leading '.') goes to ``datasets/<name>``. A name
-    with '/' is a store prefix: two or more such parts (no empty, '.' or '..' part, no leading or
-    trailing '/'), and under datasets/ exactly ``datasets/<name>`` (a dataset nested in another would
-    be deleted by the other's overwrite). A first part naming a reserved area (runs, cache) is
-    refused, as a plain name too: ``cache`` would be harmless there but reads as the cache.
-    """
-    parts = dataset.split("/")
-    top = parts[0].lower()  # lower: a case-insensitive filesystem holds Runs/ in runs/
-    if top in RESERVED_AREAS:
-        raise ValueError(
-            f"dataset name {dataset!r} would overlap the store's own {top}/ area (overwrite would delete it); "
-            "choose another name"
-        )
-    if bad := [p for p in parts if not _DATASET_NAME.fullmatch(p)]:
-        raise ValueError(
-            f"bad dataset name {dataset!r} (part {bad[0]!r}): use letters, digits, '_', '.', '-' "
-            "(e.g. faces-v1), or a store prefix like team/faces-v1 with no empty, '.' or '..' parts"
-        )
-    if top == DATASETS_AREA and len(parts) > 2:
-        raise ValueError(
-            f"dataset {dataset!r} would be inside dataset {'/'.join(parts[:2])!r}; use {parts[-1]!r} (datasets/NAME)"
-        )
-    return dataset
-
-
-def dataset_prefix(dataset: str) -> str:
-    """The store prefix of a dataset: ``datasets/<name>`` for a plain name, else the prefix as given."""
-    return dataset.strip("/") if "/" in dataset else f"{DATASETS_AREA}/{dataset}"
 
 
 class SynthesizeStage(StageBase):

@@ -6,7 +6,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from cleftgan_hpc.spec.models import StageBase
+from cleftgan_hpc.jobspec.models import StageBase
 
 
 class DemoDataStage(StageBase):

@@ -6,7 +6,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from cleftgan_hpc.spec.models import Input, StageBase
+from cleftgan_hpc.jobspec.models import Input, StageBase
 
 
 class PreprocessStage(StageBase):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cleftgan_hpc.errors import SpecError
-from cleftgan_hpc.spec.load import load_spec
+from cleftgan_hpc.jobspec.load import load_spec
 
 BASE = """
 name: demo
