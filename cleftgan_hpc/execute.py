@@ -1,8 +1,9 @@
 """Run one stage of one run, wherever this process is (local child, Slurm job, Ray trial).
 
-This is the only place that turns a stage's outcome into its status record: running on
-start; done with its result; failed with the reason; pending again when it stopped on
-request (exit 75, requeue me). Backends just start ``execute_stage`` somewhere.
+This is where a stage's own outcome becomes its status record: running on start; done with
+its result; failed with the reason; pending again when it stopped on request (exit 75,
+requeue me). Backends start ``execute_stage`` somewhere, and record only what the stage could
+not: that it was queued, cancelled, or died without a word.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def execute_stage(store_cfg: StoreConfig, run_id: str, stage: str, task: int | N
     scratch.mkdir(parents=True, exist_ok=True)
     log_file = scratch / "log.txt"
     log = _logger(name, log_file)
-    wants_gpu = bool(planned.resources.gpus or getattr(planned.config, "gpus", 0))
+    wants_gpu = planned.resources.gpus > 0 or planned.config.wants_gpu
     ctx = StageContext(
         store=store,
         run_id=run_id,
@@ -89,7 +90,7 @@ def execute_stage(store_cfg: StoreConfig, run_id: str, stage: str, task: int | N
         ctx.stop_when_parent_dies(int(os.environ[PARENT_PID_ENV]))
     cfg = _with_upstream_inputs(run, planned)
     if env_rank() > 0:
-        if not getattr(type(cfg), "task_per_gpu", False):  # only data-parallel stages use more tasks
+        if not type(cfg).task_per_gpu:  # only data-parallel stages use more tasks
             return 0
         return _run_worker(planned, cfg, ctx)  # a data-parallel worker: rank 0 keeps the records
     if task is None:
@@ -133,16 +134,14 @@ def _run_worker(planned: PlannedStage, cfg: AnyStage, ctx: StageContext) -> int:
 
 def _run_whole(run: RunState, planned: PlannedStage, cfg: AnyStage, ctx: StageContext, log_file: Path) -> int:
     stage = planned.name
-    status = run.status(stage).running(planned.fingerprint, planned.work_fingerprint)
-    status.job_ids = status.job_ids + ([os.environ["SLURM_JOB_ID"]] if "SLURM_JOB_ID" in os.environ else [])
+    status = run.status(stage).running(planned.fingerprint, planned.work_fingerprint, os.environ.get("SLURM_JOB_ID"))
     run.set_status(stage, status)
     ctx.log.info(f"stage {stage} ({planned.kind}) attempt {status.attempt} on {status.host}, run {run.run_id}")
     outcome = _call(planned, cfg, ctx)
     if outcome.outputs is not None:
         run.set_result(stage, outcome.outputs)
         ctx.log.info(f"stage {stage} done in {time.time() - (status.started or time.time()):.1f}s")
-    status.state, status.error, status.finished = outcome.state, outcome.error, time.time()
-    run.set_status(stage, status)
+    run.set_status(stage, status.ended(outcome.state, outcome.error))
     _upload_log(run, stage, "log.txt", ctx.log, log_file)
     return outcome.code
 

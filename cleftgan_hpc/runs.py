@@ -15,7 +15,7 @@ import re
 import secrets
 import socket
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
 import yaml
@@ -44,7 +44,13 @@ def check_run_id(run_id: str) -> str:
 
 @dataclass
 class StageStatus:
-    """The record of one stage of one run."""
+    """The record of one stage of one run.
+
+    Records change only through the named transitions below, each returning the next record
+    (``run.set_status(name, run.status(name).failed(reason))``): running, from the process that
+    runs the stage, submitted/cancelled by a backend, ended with the stage's own outcome, or
+    failed by whoever saw the stage die without saying so.
+    """
 
     state: State = "pending"
     attempt: int = 0  # how many times the stage has started
@@ -63,19 +69,42 @@ class StageStatus:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**known)
 
-    def running(self, fingerprint: str, work_fingerprint: str) -> StageStatus:
+    # -- transitions ---------------------------------------------------------------------
+    def running(self, fingerprint: str, work_fingerprint: str, job_id: str | None = None) -> StageStatus:
+        """This process starts another attempt of the stage."""
         return StageStatus(
-            "running",
-            self.attempt + 1,
-            time.time(),
-            None,
-            socket.gethostname(),
-            os.getpid(),
-            None,
-            fingerprint,
-            work_fingerprint,
-            self.job_ids,
+            state="running",
+            attempt=self.attempt + 1,
+            started=time.time(),
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            fingerprint=fingerprint,
+            work_fingerprint=work_fingerprint,
+            job_ids=self.job_ids + ([job_id] if job_id else []),
         )
+
+    def submitted(self, fingerprint: str, work_fingerprint: str, job_ids: list[str]) -> StageStatus:
+        """A batch backend queued the stage's jobs; it waits for them (and their dependencies)."""
+        return StageStatus(
+            state="pending",
+            attempt=self.attempt,
+            fingerprint=fingerprint,
+            work_fingerprint=work_fingerprint,
+            job_ids=self.job_ids + job_ids,
+        )
+
+    def ended(self, state: State, error: str | None = None) -> StageStatus:
+        """The stage said how its attempt ended: done, pending (stopped on request) or failed."""
+        return replace(self, state=state, error=error, finished=time.time())
+
+    def failed(self, reason: str) -> StageStatus:
+        """The stage died without recording why (killed, a worker failed, its job vanished)."""
+        return replace(self, state="failed", error=reason, finished=self.finished or time.time())
+
+    def cancelled(self, reason: str) -> StageStatus:
+        """It will not run (upstream failed, the user cancelled); it keeps the fingerprints it ran
+        with, so the next launch still sees what changed since."""
+        return replace(self, state="cancelled", error=reason, finished=self.finished or time.time())
 
 
 class RunState:
@@ -190,6 +219,26 @@ def open_run(spec: JobSpec, run_id: str | None, *, create: bool) -> RunState:
     if not create and not run.exists():
         raise CleftGanError(f"no run {run.run_id!r} in {spec.store.url}")
     return run
+
+
+def format_status(plan: Plan, run: RunState, extra: dict[str, str] | None = None) -> str:
+    """The stage table of a run: state, attempts, start, duration, host, and a detail per stage."""
+    def when(t: float | None) -> str:
+        return dt.datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S") if t else "-"
+
+    rows = [("STAGE", "KIND", "STATE", "TRY", "STARTED", "TOOK", "HOST", "DETAIL")]
+    for s in plan.stages:
+        st = run.status(s.name)
+        took = (
+            f"{st.finished - st.started:.1f}s"
+            if st.started and st.finished
+            else (f"{time.time() - st.started:.0f}s+" if st.started and st.state == "running" else "-")
+        )
+        detail = (extra or {}).get(s.name) or (st.error or "").split("\n", 1)[0][:120]
+        rows.append((s.name, s.kind, st.state, str(st.attempt), when(st.started), took, st.host or "-", detail))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1] for r in rows]
+    return "\n".join(line.rstrip() for line in lines)
 
 
 Decision = Literal["skip", "resume", "fresh"]

@@ -52,7 +52,7 @@ class JobSpec(Strict):
     @model_validator(mode="after")
     def _gpus_agree(self) -> JobSpec:
         for name, stage in self.stages.items():
-            gpus = getattr(stage, "gpus", 0)
+            gpus = stage.data_parallel_gpus
             if not gpus:
                 continue
             r = self.resources_of(name)

@@ -349,7 +349,13 @@ class SlurmConfig(Strict):
 
 
 class StageBase(Strict):
-    """Fields every stage has, whatever its kind."""
+    """Fields every stage has, and the contract every stage kind declares.
+
+    A kind is a subclass in ``jobspec/kinds/<kind>.py`` with ``kind: Literal["<kind>"]``, listed
+    in ``jobspec/stages.py``; its function is ``run(cfg, ctx) -> outputs`` in
+    ``stages/<kind>.py``. The class attributes and properties below say what the planner and
+    the backends need to know; their defaults fit a stage that runs as one process.
+    """
 
     needs: list[str] = Field(
         default_factory=list,
@@ -357,10 +363,38 @@ class StageBase(Strict):
     )
     resources: Resources | None = Field(None, description="Overrides the job's default resources for this stage.")
 
-    # Fields that may change between runs of the same run id without discarding the stage's
-    # saved work (checkpoints, progress): the stage itself checks what it can reuse. A change
-    # to any other field starts the stage over.
+    # -- the contract of a stage kind ------------------------------------------------------
+    outputs: ClassVar[dict[str, str]] = {}
+    """Output name -> file (or folder) name under the stage's prefix in the store."""
+    default_output: ClassVar[str | None] = None
+    """The output ``stage:NAME`` refers to (``stage:NAME.OUTPUT`` names another)."""
     reusable_changes: ClassVar[frozenset[str]] = frozenset()
+    """Fields that may change between runs of the same run id without discarding the stage's
+    saved work (checkpoints, progress): the stage checks what it can reuse. A change to any
+    other field starts the stage over."""
+    task_per_gpu: ClassVar[bool] = False
+    """Slurm: one task per GPU, each a data-parallel rank (otherwise one task per job)."""
+    ray_cluster: ClassVar[bool] = False
+    """Slurm: the job starts a Ray cluster across its nodes before the stage runs."""
+
+    @property
+    def world_size(self) -> int:
+        """Data-parallel processes the stage runs (the local backend starts one per rank)."""
+        return 1
+
+    @property
+    def data_parallel_gpus(self) -> int:
+        """GPUs the stage trains on across all its processes, checked against its resources; 0: none."""
+        return 0
+
+    @property
+    def wants_gpu(self) -> bool:
+        """Whether the stage's own settings ask for a GPU (besides its resources asking for one)."""
+        return self.data_parallel_gpus > 0
+
+    def array_tasks(self) -> int:
+        """Slurm array tasks the stage splits into (each runs a part, then a commit job); 0: one job."""
+        return 0
 
 
 

@@ -12,13 +12,21 @@ from cleftgan_hpc.runs import RunState
 class Launcher(Protocol):
     """Starts the stages of a plan somewhere and reports on them."""
 
+    runs_to_completion: bool
+    """True: ``launch`` returns when the run has ended (local); False: once it is queued (batch)."""
+
     def launch(self, plan: Plan, run: RunState, force: set[str]) -> bool:
         """Start (local: run to completion) every stage not already done; True when all are done
         (local) or submitted (batch backends)."""
         ...
 
+    def reconcile(self, plan: Plan, run: RunState) -> None:
+        """Record the end of stages that died without recording it (a killed process, a job
+        Slurm ended); the one backend call that writes outside ``launch`` and ``cancel``."""
+        ...
+
     def describe(self, plan: Plan, run: RunState) -> dict[str, str]:
-        """Backend-specific detail per stage for `status` (e.g. Slurm job state); may be empty."""
+        """Backend-specific detail per stage for `status` (e.g. Slurm job state); may be empty. Reads only."""
         ...
 
     def cancel(self, plan: Plan, run: RunState) -> None:

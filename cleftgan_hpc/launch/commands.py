@@ -14,12 +14,9 @@ from cleftgan_hpc.errors import CleftGanError, LaunchError
 
 
 def _load(path: str):  # -> JobSpec
-    from cleftgan_hpc.jobspec.load import load_spec
+    from cleftgan_hpc.launch.start import load_job
 
-    loaded = load_spec(path)
-    for warning in loaded.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-    return loaded.spec
+    return load_job(path)
 
 
 def _open_run(spec, run_id: str | None, *, create: bool):  # -> RunState
@@ -41,23 +38,11 @@ def _stage(spec, name: str) -> str:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from cleftgan_hpc.launch.base import get_launcher
-    from cleftgan_hpc.plan import make_plan
+    from cleftgan_hpc.launch.start import start_run
 
     spec = _load(args.spec)
     _require_slurm(spec, "submit")
-    for name in args.force:
-        _stage(spec, name)
-    run = _open_run(spec, args.run, create=True)
-    resumed = run.exists()
-    run.save_spec(spec)
-    plan = make_plan(spec, run.run_id)
-    print(f"{'resubmitting' if resumed else 'submitting'} run {run.run_id} of {spec.name} "
-          f"({len(plan.stages)} stages, store {spec.store.url})", flush=True)
-    get_launcher("slurm").launch(plan, run, set(args.force))
-    print(f"\nfollow it with: cleftgan-hpc status {args.spec} --run {run.run_id}")
-    print(f"logs of a stage: cleftgan-hpc logs {args.spec} STAGE --run {run.run_id}")
-    return 0
+    return start_run(args.spec, spec, args.run, args.force)
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
@@ -157,10 +142,10 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Add submit, cancel, logs, render and doctor to the `cleftgan-hpc` subcommands."""
+    from cleftgan_hpc.launch.start import add_run_arguments
+
     s = sub.add_parser("submit", help="submit a job to Slurm (backend: slurm) and return at once")
-    s.add_argument("spec")
-    s.add_argument("--run", help="run id; an existing run is resubmitted, skipping stages that are done")
-    s.add_argument("--force", nargs="+", default=[], metavar="STAGE", help="run these stages (and what follows) again")
+    add_run_arguments(s)
     s.set_defaults(func=cmd_submit)
 
     s = sub.add_parser("cancel", help="cancel the queued and running stages of a run (default: the latest)")

@@ -13,6 +13,7 @@ import threading
 import time
 
 from cleftgan_hpc.context import EXIT_REQUEUE
+from cleftgan_hpc.errors import LaunchError
 from cleftgan_hpc.execute import PARENT_PID_ENV
 from cleftgan_hpc.plan import Plan, PlannedStage
 from cleftgan_hpc.runs import RunState, StageStatus, decide, prepare_stage, say
@@ -45,6 +46,21 @@ def _wait_all(procs: list[subprocess.Popen[str]], grace: float = 60.0) -> list[i
         time.sleep(0.2)
 
 
+def process_alive(pid: int) -> bool:
+    """A live process (not a zombie left by a dead parent)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -55,7 +71,10 @@ class LocalLauncher:
     """Runs the plan to completion here. A done, up-to-date stage is skipped; a failed stage
     cancels everything downstream and the run stops there."""
 
+    runs_to_completion = True
+
     def launch(self, plan: Plan, run: RunState, force: set[str]) -> bool:
+        self._refuse_if_active(plan, run)
         # SIGTERM to this launcher (a job scheduler, kill) is handled like Ctrl-C: the running
         # stage gets SIGTERM and stops at a safe point, instead of being orphaned.
         signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -70,19 +89,10 @@ class LocalLauncher:
                 say(f"= {s.name}: {why}, skipped")
                 outcome[s.name] = "done"
                 continue
-            status = run.status(s.name)
             blocked = [d for d in s.needs if outcome.get(d) != "done"]
             if blocked:
                 reason = f"not run: upstream stage {blocked[0]!r} {outcome.get(blocked[0], 'did not finish')}"
-                run.set_status(
-                    s.name,
-                    # the fingerprints it last ran with: its old work was not cleared, so the next
-                    # launch must still see the change and decide again
-                    StageStatus(
-                        "cancelled", status.attempt, error=reason, fingerprint=status.fingerprint,
-                        work_fingerprint=status.work_fingerprint,
-                    ),
-                )
+                run.set_status(s.name, run.status(s.name).cancelled(reason))
                 say(f"x {s.name}: {reason}")
                 outcome[s.name] = "cancelled"
                 continue
@@ -105,7 +115,7 @@ class LocalLauncher:
             "--stage",
             s.name,
         ]
-        world = getattr(s.config, "world_size", 1)  # data-parallel stages run one process per rank
+        world = s.config.world_size  # data-parallel stages run one process per rank
         port = _free_port() if world > 1 else 0
         procs = []
         for rank in range(world):
@@ -148,9 +158,7 @@ class LocalLauncher:
                 t.join(timeout=5)
         code = codes[0] if codes[0] != 0 or all(c == 0 for c in codes) else next(c for c in codes if c)
         if code != 0 and codes[0] == 0:  # rank 0 recorded success but a worker failed
-            status = run.status(s.name)
-            status.state, status.error = "failed", f"a data-parallel worker exited with {code}"
-            run.set_status(s.name, status)
+            run.set_status(s.name, run.status(s.name).failed(f"a data-parallel worker exited with {code}"))
         elapsed = time.monotonic() - t0
         status = run.status(s.name)
         if code == 0 and status.state == "done":
@@ -161,10 +169,27 @@ class LocalLauncher:
             return "stopped"
         if status.state in ("running", "pending"):  # killed before it could record anything
             how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
-            status.state, status.error, status.finished = "failed", f"process {how}", time.time()
+            status = status.failed(f"process {how}")
             run.set_status(s.name, status)
         say(f"x {s.name} failed after {elapsed:.1f}s: {status.error}")
         return "failed"
+
+    def _refuse_if_active(self, plan: Plan, run: RunState) -> None:
+        for s in plan.stages:
+            st = run.status(s.name)
+            if st.state == "running" and st.host == socket.gethostname() and st.pid and process_alive(st.pid):
+                raise LaunchError(
+                    f"stage {s.name!r} of run {run.run_id} is running now (pid {st.pid}); "
+                    "wait for it or stop it before running the job again"
+                )
+
+    def reconcile(self, plan: Plan, run: RunState) -> None:
+        """A stage recorded running here whose process is gone (killed with its launcher, the
+        machine rebooted) failed, whatever its record still says."""
+        for s in plan.stages:
+            st = run.status(s.name)
+            if st.state == "running" and st.host == socket.gethostname() and st.pid and not process_alive(st.pid):
+                run.set_status(s.name, st.failed(f"its process (pid {st.pid}) ended without recording an outcome"))
 
     def describe(self, plan: Plan, run: RunState) -> dict[str, str]:
         return {}

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from cleftgan_hpc.errors import SECRET_NAME, LaunchError
 from cleftgan_hpc.jobspec.job import JobSpec
-from cleftgan_hpc.jobspec.models import ContainerConfig, Resources
+from cleftgan_hpc.jobspec.models import ContainerConfig, Resources, StageBase
 
 _VARREF = re.compile(r"\$(?:([A-Za-z_][A-Za-z0-9_]*)|\{([A-Za-z_][A-Za-z0-9_]*)\})")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -123,13 +123,11 @@ class Shape:
     tasks_per_node: int  # srun tasks per node: one per GPU for stages that train across GPUs
 
 
-def stage_shape(config: object, resources: Resources) -> Shape:
-    fn = getattr(config, "array_tasks", None)
-    n = int(fn()) if callable(fn) else 0
+def stage_shape(config: StageBase, resources: Resources) -> Shape:
+    n = config.array_tasks()
     if n < 0:
         raise LaunchError(f"array_tasks() returned {n}")
-    per_gpu = bool(getattr(config, "task_per_gpu", False))
-    return Shape(n, max(1, resources.gpus) if per_gpu else 1)
+    return Shape(n, max(1, resources.gpus) if config.task_per_gpu else 1)
 
 
 def resource_options(spec: JobSpec, res: Resources) -> dict[str, str | int | bool]:

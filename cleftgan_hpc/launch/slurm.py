@@ -60,7 +60,7 @@ from cleftgan_hpc.launch.sbatch import (
     summarize,
 )
 from cleftgan_hpc.plan import Plan, PlannedStage
-from cleftgan_hpc.runs import RunState, StageStatus, decide, prepare_stage, say
+from cleftgan_hpc.runs import RunState, decide, prepare_stage, say
 
 RECORD = "slurm.json"  # per stage, next to status.json: what was submitted for it
 
@@ -252,9 +252,7 @@ class StageJob:
 
     def _record_failure(self, reason: str) -> None:
         run = self._run()
-        st = run.status(self.stage)
-        st.state, st.error, st.finished = "failed", reason, time.time()
-        run.set_status(self.stage, st)
+        run.set_status(self.stage, run.status(self.stage).failed(reason))
         self._cancel_downstream(run)
 
     def _cancel_downstream(self, run: RunState | None = None) -> None:
@@ -266,9 +264,8 @@ class StageJob:
         for name in self.downstream:
             st = run.status(name)
             if st.state in ("pending", "running"):
-                st.state, st.finished = "cancelled", time.time()
-                st.error = f"not run: upstream stage {self.stage!r} failed" + (f": {error}" if error else "")
-                run.set_status(name, st)
+                reason = f"not run: upstream stage {self.stage!r} failed" + (f": {error}" if error else "")
+                run.set_status(name, st.cancelled(reason))
                 ids += [r["id"] for r in read_record(run, name).get("jobs", [])]
         if ids:
             subprocess.run(["scancel", *ids], check=False, capture_output=True)
@@ -300,6 +297,8 @@ class SlurmLauncher:
         self.python = python or sys.executable
 
     # -- submit ---------------------------------------------------------------------------------
+    runs_to_completion = False
+
     def launch(self, plan: Plan, run: RunState, force: set[str]) -> bool:
         decisions = decide(plan, run, force)
         self._refuse_if_active(plan, run)
@@ -317,11 +316,9 @@ class SlurmLauncher:
                 records[s.name] = self._submit_stage(plan, run, s, deps, chunk)
                 submitted[s.name] = [j["id"] for j in records[s.name]["jobs"]]
             for name, record in records.items():
-                status = run.status(name)
+                planned = plan.stage(name)
                 ids = [j["id"] for j in record["jobs"]]
-                run.set_status(name, StageStatus(
-                    "pending", status.attempt, fingerprint=plan.stage(name).fingerprint,
-                    work_fingerprint=plan.stage(name).work_fingerprint, job_ids=status.job_ids + ids))
+                run.set_status(name, run.status(name).submitted(planned.fingerprint, planned.work_fingerprint, ids))
                 run.store.put_json(run.key(name, RECORD), record)
         except BaseException:
             all_ids = [j["id"] for r in records.values() for j in r["jobs"]]
@@ -390,7 +387,7 @@ class SlurmLauncher:
         grace = max(5.0, spec.slurm.signal_delay_s - 15.0)
         base = dict(store=spec.store.model_dump(mode="json"), run_id=run.run_id, stage=s.name,
                     downstream=plan.downstream(s.name), grace_s=grace,
-                    ray_cluster=bool(getattr(s.config, "ray_cluster", False)),
+                    ray_cluster=s.config.ray_cluster,
                     time_limit_s=s.resources.time_minutes() * 60.0)
 
         def set_deps(ids: list[str]) -> None:
@@ -416,15 +413,40 @@ class SlurmLauncher:
         return {"jobs": jobs, "folder": str(ex.folder), "submitted": time.time()}
 
     # -- status, cancel ---------------------------------------------------------------------------
-    def describe(self, plan: Plan, run: RunState) -> dict[str, str]:
+    def _states(self, plan: Plan, run: RunState) -> tuple[dict[str, dict], dict]:
+        """Each stage's job record, and sacct's states of all their jobs (LaunchError off the cluster)."""
         records = {s.name: read_record(run, s.name) for s in plan.stages}
         ids = [j["id"] for r in records.values() for j in r.get("jobs", [])]
+        return records, (sacct_states(ids) if ids else {})
+
+    def reconcile(self, plan: Plan, run: RunState) -> None:
+        """A job killed hard (out of memory, node failure, cancelled while queued) never writes
+        its own record: take the outcome from Slurm so that `status` tells the truth."""
         try:
-            states = sacct_states(ids) if ids else {}
+            records, states = self._states(plan, run)
+        except LaunchError:
+            return  # not on the cluster: nothing to learn
+        for s in plan.stages:
+            jobs = records[s.name].get("jobs", [])
+            st = run.status(s.name)
+            if not jobs or st.state not in ("pending", "running"):
+                continue
+            all_states = [x for j in jobs for x in states.get(j["id"], [])]
+            if not all_states or any(x.state in ACTIVE or x.state in TERMINAL_OK for x in all_states):
+                continue
+            worst = next(x for x in all_states if x.state not in TERMINAL_OK)
+            reason = st.error or (
+                f"slurm job {worst.job_id} ended {worst.state} (exit {worst.exit_code}, {worst.reason})"
+            )
+            run.set_status(s.name, st.cancelled(reason) if worst.state == "CANCELLED" else st.failed(reason))
+
+    def describe(self, plan: Plan, run: RunState) -> dict[str, str]:
+        try:
+            records, states = self._states(plan, run)
         except LaunchError as exc:  # not on the cluster: the records in the store still tell a lot
             why = str(exc).splitlines()[-1]
             return {s.name: (run.status(s.name).error or f"(no Slurm state: {why})").splitlines()[0][:160]
-                    for s in plan.stages if records[s.name]}
+                    for s in plan.stages if read_record(run, s.name)}
         out: dict[str, str] = {}
         for s in plan.stages:
             jobs = records[s.name].get("jobs", [])
@@ -436,26 +458,11 @@ class SlurmLauncher:
                 label = "commit " if j["kind"] == "commit" else ""
                 parts.append(f"{label}{j['id']} " + (summarize(found) if found else "unknown to sacct"))
             st = run.status(s.name)
-            self._reconcile(run, s.name, st, jobs, states)
             detail = "slurm " + "; ".join(parts)
             if st.error and st.state in ("failed", "cancelled"):
                 detail += f" | {st.error.splitlines()[0][:160]}"
             out[s.name] = detail
         return out
-
-    def _reconcile(self, run: RunState, stage: str, st: StageStatus, jobs: list[dict], states: dict) -> None:
-        """A job killed hard (out of memory, node failure, cancelled while queued) never writes
-        its own record: take the outcome from Slurm so that `status` tells the truth."""
-        if st.state not in ("pending", "running"):
-            return
-        all_states = [x for j in jobs for x in states.get(j["id"], [])]
-        if not all_states or any(x.state in ACTIVE or x.state in TERMINAL_OK for x in all_states):
-            return
-        worst = next(x for x in all_states if x.state not in TERMINAL_OK)
-        st.state = "cancelled" if worst.state == "CANCELLED" else "failed"
-        st.error = st.error or f"slurm job {worst.job_id} ended {worst.state} (exit {worst.exit_code}, {worst.reason})"
-        st.finished = st.finished or time.time()
-        run.set_status(stage, st)
 
     def cancel(self, plan: Plan, run: RunState) -> None:
         ids: list[str] = []
@@ -463,9 +470,7 @@ class SlurmLauncher:
             st = run.status(s.name)
             if st.state in ("pending", "running"):
                 ids += [j["id"] for j in read_record(run, s.name).get("jobs", [])]
-                st.state, st.finished = "cancelled", time.time()
-                st.error = "cancelled by the user (cleftgan-hpc cancel)"
-                run.set_status(s.name, st)
+                run.set_status(s.name, st.cancelled("cancelled by the user (cleftgan-hpc cancel)"))
         if ids:
             slurm_cmd(["scancel", *ids])
             say(f"cancelled Slurm jobs {', '.join(ids)}")

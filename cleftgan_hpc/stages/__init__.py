@@ -1,65 +1,24 @@
 """Stage implementations, one module per kind, each a plain ``run(cfg, ctx) -> outputs``.
 
-The registry maps a kind to a loader that imports its module on demand, so reading a spec
-never imports torch. Explicit functions, not module paths in strings.
+The one registry of kinds is ``jobspec.stages.KINDS`` (kind -> config model, with the contract
+each declares); a kind's function is ``run`` in the module of the same name here, imported on
+demand so that reading a spec never imports torch.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import Any
 
 from cleftgan_hpc.context import StageContext
+from cleftgan_hpc.jobspec.stages import KINDS
 
 StageFn = Callable[[Any, StageContext], dict[str, str]]
 
 
-def _preprocess() -> StageFn:
-    from cleftgan_hpc.stages.preprocess import run
-
-    return run
-
-
-def _demo_data() -> StageFn:
-    from cleftgan_hpc.stages.demo_data import run
-
-    return run
-
-
-def _finetune() -> StageFn:
-    from cleftgan_hpc.stages.finetune import run
-
-    return run
-
-
-def _synthesize() -> StageFn:
-    from cleftgan_hpc.stages.synthesize import run
-
-    return run
-
-
-def _evaluate() -> StageFn:
-    from cleftgan_hpc.stages.evaluate import run
-
-    return run
-
-
-def _sweep() -> StageFn:
-    from cleftgan_hpc.stages.sweep import run
-
-    return run
-
-
-RUNNERS: dict[str, Callable[[], StageFn]] = {
-    "preprocess": _preprocess,
-    "demo_data": _demo_data,
-    "finetune": _finetune,
-    "sweep": _sweep,
-    "synthesize": _synthesize,
-    "evaluate": _evaluate,
-}
-
-
 def stage_function(kind: str) -> StageFn:
-    """The run function of a stage kind."""
-    return RUNNERS[kind]()
+    """The run function of a stage kind: ``cleftgan_hpc.stages.<kind>.run``."""
+    if kind not in KINDS:
+        raise KeyError(f"unknown stage kind {kind!r}; kinds are: {', '.join(KINDS)}")
+    return importlib.import_module(f"{__name__}.{kind}").run

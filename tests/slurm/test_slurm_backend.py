@@ -36,7 +36,9 @@ def describe(run: RunState, settle: float = 30) -> dict[str, str]:
     job's end a moment after it leaves the queue, so a finished job can still read RUNNING."""
     deadline = time.monotonic() + settle
     while True:
-        detail = SlurmLauncher().describe(make_plan(run.load_spec(), run.run_id), run)
+        plan, launcher = make_plan(run.load_spec(), run.run_id), SlurmLauncher()
+        launcher.reconcile(plan, run)  # as `cleftgan-hpc status` does: jobs Slurm ended are recorded first
+        detail = launcher.describe(plan, run)
         busy = any(w in d for d in detail.values() for w in ("PENDING", "RUNNING", "COMPLETING"))
         if not busy or time.monotonic() > deadline:
             return detail
@@ -65,7 +67,7 @@ def test_demo_runs_in_dependency_order_with_sacct_states(tmp_path: Path, capsys:
     assert detail["faces"] == f"slurm {faces_id} COMPLETED"
     assert detail["dataset"] == f"slurm {dataset_id} COMPLETED"
 
-    from cleftgan_hpc.cli import format_status
+    from cleftgan_hpc.runs import format_status
 
     table = format_status(make_plan(run.load_spec(), run.run_id), run, detail)
     assert "COMPLETED" in table and "done" in table

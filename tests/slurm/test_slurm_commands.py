@@ -54,6 +54,24 @@ def test_submit_refuses_a_local_spec(tmp_path: Path) -> None:
         cmd_submit(parser().parse_args(["submit", str(spec(tmp_path, "local"))]))
 
 
+def test_submit_refuses_another_jobs_run_id_and_leaves_its_spec(tmp_path: Path) -> None:
+    """`submit --run ID` (and `run` on a Slurm spec) must not overwrite another job's run, as the
+    local backend already refused; the refusal comes before anything is queued or written."""
+    from cleftgan_hpc.cli import main
+    from cleftgan_hpc.errors import CleftGanError
+
+    path = spec(tmp_path)
+    assert cmd_render(parser().parse_args(["render", str(path), "--stage", "faces", "--run", "shared-r1"])) == 0
+    stored = tmp_path / "store" / "runs" / "shared-r1" / "spec.yaml"
+    before = stored.read_bytes()
+    other = tmp_path / "other.yaml"
+    other.write_text(path.read_text().replace("name: demo", "name: other"))
+    with pytest.raises(CleftGanError, match="belongs to job 'demo', not 'other'"):
+        cmd_submit(parser().parse_args(["submit", str(other), "--run", "shared-r1"]))
+    assert main(["run", str(other), "--run", "shared-r1"]) == 1
+    assert stored.read_bytes() == before
+
+
 def test_doctor_checks_the_store(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     code = cmd_doctor(parser().parse_args(["doctor", "--store", f"file://{tmp_path}/st"]))
     out = capsys.readouterr().out

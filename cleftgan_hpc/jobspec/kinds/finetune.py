@@ -159,6 +159,13 @@ class FinetuneStage(StageBase, FinetuneSettings):
     default_output: ClassVar[str] = "network"
     task_per_gpu: ClassVar[bool] = True  # Slurm: one task per GPU, each a data-parallel rank
 
+    # the settings' answers, not StageBase's one-process defaults (StageBase comes first in the bases)
+    world_size = FinetuneSettings.world_size
+
+    @property
+    def data_parallel_gpus(self) -> int:
+        return self.gpus
+
     @model_validator(mode="after")
     def _metrics_need_extractor(self) -> FinetuneStage:
         if self.metrics and self.feature_extractor is None:
