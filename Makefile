@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: venv demo test lint bench clean readme test-container
+.PHONY: venv demo test lint bench clean reference readme test-container
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -33,8 +33,10 @@ bench: venv
 clean:
 	rm -rf $(VENV) store .pytest_cache .ruff_cache
 
-readme: venv  ## regenerate the spec reference in README.md
-	$(BIN)/python -m cleftgan_hpc.jobspec.reference README.md
+reference: venv  ## regenerate the spec reference, docs/reference.md, from the models
+	$(BIN)/python -m cleftgan_hpc.jobspec.reference docs/reference.md
+
+readme: reference  ## the old name of `make reference`
 
 test-container: venv  ## build the Dockerfile (CPU base) and run doctor and the demo inside (~5 min cold)
 	bash containers/test_build.sh

@@ -18,9 +18,10 @@ import torch
 
 from cleftgan_hpc.jobspec.stages import FinetuneStage
 from cleftgan_hpc.model import Discriminator, Generator
+from cleftgan_hpc.stages.finetune import make_recipe
 from cleftgan_hpc.training import distributed
 from cleftgan_hpc.training.augment import AugmentConfig, AugmentPipe
-from cleftgan_hpc.training.loop import TrainData, Trainer, copy_networks
+from cleftgan_hpc.training.trainer import TrainData, Trainer, copy_networks
 
 REFERENCE_CPU_S_PER_KIMG = 1590.0  # the reference at the fixture configuration, measured on these machines
 
@@ -41,7 +42,8 @@ def seconds_per_kimg(res: int, batch: int, steps: int, ada_p: float | None, devi
                         augment="bgc" if ada_p else "none", augment_p=ada_p, kimg=1)
     data = TrainData(torch.randint(0, 255, [64, 3, res, res], dtype=torch.uint8), None, True)
     augment = AugmentPipe(AugmentConfig.from_spec("bgc"), p=ada_p).to(device) if ada_p else None
-    trainer = Trainer(cfg, copy_networks(G, D, None), data, augment, device, distributed.DistEnv(), lambda _m: None)
+    recipe = make_recipe(cfg, device.type)
+    trainer = Trainer(recipe, copy_networks(G, D, None), data, augment, device, distributed.DistEnv(), lambda _m: None)
     trainer.step()  # warm-up (allocations, the first R1 step)
     trainer.progress.step = 0  # restart the R1 cycle so the timed steps hold exactly one R1 pass
     if device.type == "cuda":

@@ -3,13 +3,11 @@ and resources. Pure: no store access, no torch, so `validate` and `plan` are ins
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
 
 from cleftgan_hpc.jobspec.job import JobSpec
 from cleftgan_hpc.jobspec.load import dependencies
-from cleftgan_hpc.jobspec.models import Resources, input_fields, stage_ref
+from cleftgan_hpc.jobspec.models import Resources, config_digest, input_fields, stage_ref
 from cleftgan_hpc.jobspec.stages import AnyStage
 from cleftgan_hpc.layout import stage_prefix
 from cleftgan_hpc.storage.base import join_key
@@ -75,8 +73,7 @@ def output_keys(run_id: str, stage: str, config: AnyStage) -> dict[str, str]:
 
 
 def _digest(config: dict, upstream: list[str]) -> str:
-    blob = json.dumps({"config": config, "upstream": upstream}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return config_digest({"config": config, "upstream": upstream})
 
 
 def make_plan(spec: JobSpec, run_id: str) -> Plan:

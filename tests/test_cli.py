@@ -69,7 +69,7 @@ def test_schema_documents_every_field() -> None:
             assert info.description or name == "kind", f"{model.__name__}.{name} has no description"
 
 
-def test_readme_spec_reference_is_current() -> None:
-    from cleftgan_hpc.jobspec.reference import spec_reference
+def test_docs_spec_reference_is_current() -> None:
+    from cleftgan_hpc.jobspec.reference import REFERENCE_PAGE, spec_reference
 
-    assert spec_reference() in (REPO / "README.md").read_text(), "regenerate with: cleftgan-hpc schema"
+    assert spec_reference() in (REPO / REFERENCE_PAGE).read_text(), "regenerate with: make reference"

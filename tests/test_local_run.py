@@ -9,6 +9,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from waiting import wait_for
 
 from cleftgan_hpc.runs import RunState
 from cleftgan_hpc.storage.local import LocalStore
@@ -116,19 +117,29 @@ def test_failed_stage_cancels_dependents(tmp_path: Path) -> None:
 
 
 def test_latest_run_is_this_jobs_and_stored_specs_keep_literal_dollars(tmp_path: Path) -> None:
+    from cleftgan_hpc.jobspec.job import JobSpec
     from cleftgan_hpc.jobspec.load import parse_spec
     from cleftgan_hpc.runs import latest_run_id, new_run_id
 
     store = LocalStore(tmp_path / "store")
     spec = parse_spec("name: dol\nstages:\n  faces: {kind: demo_data, count: 2}\n", env={}).spec
     other = parse_spec("name: dol-big\nstages:\n  faces: {kind: demo_data, count: 2}\n", env={}).spec
-    import time
 
-    RunState(store, new_run_id("dol")).save_spec(spec)
-    time.sleep(0.05)
-    RunState(store, "dol-by-hand").save_spec(spec)  # an id given by hand, started last
-    time.sleep(0.05)
-    RunState(store, "dol-big-29991231-235959-ffff").save_spec(other)  # newer still, but another job
+    def started_after(run: RunState, spec: JobSpec, previous: RunState) -> None:
+        """Save the run's spec until its time stamp is later than ``previous``'s (file systems
+        with coarse time stamps give two quick writes the same one)."""
+        def later() -> bool:
+            run.save_spec(spec)
+            mine, theirs = (store.head(f"{r.prefix}/spec.yaml") for r in (run, previous))
+            return bool(mine and theirs and mine.last_modified > theirs.last_modified)
+
+        wait_for(later, 10, f"run {run.run_id}'s spec to be newer than {previous.run_id}'s")
+
+    first = RunState(store, new_run_id("dol"))
+    first.save_spec(spec)
+    by_hand = RunState(store, "dol-by-hand")
+    started_after(by_hand, spec, first)  # an id given by hand, started last
+    started_after(RunState(store, "dol-big-29991231-235959-ffff"), other, by_hand)  # newer still, but another job
     assert latest_run_id(store, "dol") == "dol-by-hand"
 
     literal = parse_spec("name: lit\nstages:\n  faces:\n    kind: preprocess\n    images: /x/$${HOME}/p\n", env={}).spec
@@ -179,8 +190,6 @@ stages:
 
 @pytest.mark.slow
 def test_a_longer_kimg_continues_training_and_another_seed_starts_over(tmp_path: Path, tiny_dataset: Path) -> None:
-    from cleftgan_hpc.jobspec.kinds.evaluate import EvaluateStage
-
     job = tmp_path / "job.yaml"
     store = LocalStore(tmp_path / "store")
     run = RunState(store, "l-1")
@@ -209,5 +218,9 @@ def test_a_longer_kimg_continues_training_and_another_seed_starts_over(tmp_path:
     assert "~ train: its config or an upstream stage changed since it ran; starting over" in other.stdout
     assert "resumed from step" not in other.stdout and run.status("train").attempt == 4
 
-    # the evaluate stage checks its saved progress itself, so any of its settings may change
+
+def test_every_evaluate_setting_is_a_reusable_change() -> None:
+    """The evaluate stage checks its saved progress itself, so any of its settings may change."""
+    from cleftgan_hpc.jobspec.kinds.evaluate import EvaluateStage
+
     assert EvaluateStage.reusable_changes == set(EvaluateStage.model_fields) - {"kind", "needs", "resources"}

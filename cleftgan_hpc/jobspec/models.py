@@ -6,6 +6,8 @@ README's reference are generated from, and agree with, the code.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
@@ -397,6 +399,12 @@ class StageBase(Strict):
         return 0
 
 
+
+
+def config_digest(data: Any) -> str:
+    """The one digest of a configuration (a plan's fingerprints, what a checkpoint was trained
+    with): 16 hex digits of the sha256 of its canonical JSON."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def input_fields(model: type[BaseModel]) -> list[str]:

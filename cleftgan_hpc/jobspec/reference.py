@@ -105,19 +105,30 @@ def spec_reference() -> str:
     return "\n\n".join(p.strip() for p in parts) + "\n"
 
 
-def update_readme(path: str) -> None:
-    """Rewrite the spec reference between the README's markers."""
-    import re
+REFERENCE_PAGE = "docs/reference.md"
+
+PAGE_HEADER = """# Spec reference
+
+For people writing job specs: every field of a spec, its type, default and meaning.
+
+Generated from the models by `make reference` (`cleftgan-hpc schema` prints the same text); a test
+fails when this page is out of date. Do not edit it by hand: edit the field descriptions in
+`cleftgan_hpc/jobspec/` and regenerate. How the stages behave is in [stages.md](stages.md), the
+Slurm fields in context in [slurm.md](slurm.md).
+
+"""
+
+
+def write_reference(path: str = REFERENCE_PAGE) -> None:
+    """Write the spec reference page (a header, then ``spec_reference()``) to ``path``."""
     from pathlib import Path
 
-    readme = Path(path)
-    text = readme.read_text()
-    block = "<!-- spec-reference:start -->\n" + spec_reference() + "<!-- spec-reference:end -->"
-    new = re.sub(r"<!-- spec-reference:start -->.*?<!-- spec-reference:end -->", lambda _: block, text, flags=re.S)
-    readme.write_text(new)
+    page = Path(path)
+    page.parent.mkdir(parents=True, exist_ok=True)
+    page.write_text(PAGE_HEADER + spec_reference())
 
 
 if __name__ == "__main__":
     import sys
 
-    update_readme(sys.argv[1] if len(sys.argv) > 1 else "README.md")
+    write_reference(sys.argv[1] if len(sys.argv) > 1 else REFERENCE_PAGE)

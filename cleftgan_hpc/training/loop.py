@@ -1,292 +1,182 @@
-"""The fine-tune training loop, in named blocks: setup, resume, step, snapshot.
+"""The fine-tune training loop, in named blocks: resume, step, tick, snapshot, stop.
 
-Exactness: every random draw comes from a generator seeded by (seed, step, purpose[, rank,
-round]), real images are drawn from an epoch permutation seeded by (seed, epoch), and the
-checkpoint holds every optimiser and network state, so a run stopped at any step and resumed
-ends with the same weights as one that never stopped. The global batch is drawn once and
-sliced per process, so N processes see the same samples as one process accumulating N rounds.
+``train`` runs a ``Trainer`` to the recipe's end. It resumes from the stage's latest
+checkpoint (or the one it is told to start from), logs a line of stats every tick and a
+progress line with rate and ETA, and at every snapshot writes the sample grid, the metrics,
+stats.jsonl, curves.png and a checkpoint. Asked to stop (SIGTERM, SIGUSR2, a dead launcher)
+it checkpoints and raises ``StopRequested``.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
+from cleftgan_hpc.context import StageContext, StopRequested
 from cleftgan_hpc.errors import CleftGanError
-from cleftgan_hpc.jobspec.stages import FinetuneStage
-from cleftgan_hpc.seeds import derive_seed
-from cleftgan_hpc.seeds import seeded_generator as generator
 from cleftgan_hpc.training import distributed
-from cleftgan_hpc.training.ada import AdaConfig, AdaController
-from cleftgan_hpc.training.loss import Loss
-from cleftgan_hpc.training.state import CheckpointStore, TrainProgress, progress_from_dict, progress_to_dict
+from cleftgan_hpc.training.recipe import Recipe
+from cleftgan_hpc.training.snapshot import curves_png, sample_grid
+from cleftgan_hpc.training.state import CheckpointStore, stats_jsonl
+from cleftgan_hpc.training.trainer import Trainer
 
-D_REG_INTERVAL = 16  # lazy R1 every 16 D steps (StyleGAN3 has no G regulariser: G's Adam is unscaled)
-
-
-class TrainingDiverged(CleftGanError):
-    """A loss became NaN or Inf; the last good checkpoint is intact."""
+SnapshotHook = Callable[[dict[str, Any]], None]
+Metrics = Callable[[torch.nn.Module], dict[str, float]]  # G_ema -> {name: value}, a collective
 
 
-@dataclass
-class Networks:
-    G: torch.nn.Module
-    D: torch.nn.Module
-    G_ema: torch.nn.Module
+def train(
+    recipe: Recipe,
+    ctx: StageContext,
+    trainer: Trainer,
+    *,
+    metrics: Metrics | None = None,
+    on_snapshot: SnapshotHook | None = None,
+    start_from: str | None = None,
+) -> None:
+    """Train to the end of ``recipe``; resume from this stage's latest checkpoint when there is one.
 
+    ``on_snapshot`` receives {"kimg", "step", "checkpoint", <metrics>} after each snapshot's
+    checkpoint is written (a sweep reports it to Ray Tune); ``start_from`` is the store key of
+    a checkpoint to start from instead (a sweep trial cloned from another by PBT).
+    """
+    d, log = trainer.dist_env, trainer.log
+    ckpts = CheckpointStore(ctx.store, ctx.key("checkpoints"), recipe.keep_checkpoints, ctx.scratch / "checkpoints")
+    state = _resume(recipe, ctx, trainer, ckpts, start_from)
+    prog = trainer.progress
+    log(
+        f"training {recipe.kimg:g} kimg = {recipe.total_steps} steps of batch {recipe.batch} on "
+        f"{d.world_size} x {trainer.device.type}, {recipe.rounds} round(s) of {recipe.batch_per_round} per process"
+    )
+    ticker = Ticker(recipe.total_nimg, log)
+    history: list[dict[str, float]] = list(state.get("metrics", [])) if state else []
+    # the stats of the tick in progress: checkpointed, so a resumed run logs the ticks an
+    # uninterrupted one would
+    window: dict[str, list[float]] = {k: list(v) for k, v in (state or {}).get("stats_window", {}).items()}
 
-@dataclass
-class TrainData:
-    """The training set in memory as uint8, with x-flip mirroring and labels."""
+    def checkpoint() -> str | None:
+        if not d.is_main:
+            return None
+        payload = trainer.state()
+        payload["metrics"] = history
+        payload["stats_window"] = {k: [float(x) for x in v] for k, v in window.items()}
+        payload["config_hash"] = recipe.resume_digest
+        payload["finished_config_hash"] = recipe.finished_digest
+        payload["recipe"] = recipe.as_dict()
+        return ckpts.save(payload, prog.step, prog.best_key, ctx.log)
 
-    images: torch.Tensor  # [N, C, H, W] uint8
-    labels: torch.Tensor | None  # [N, c_dim] float32, or None
-    mirror: bool
+    t_attempt = time.monotonic()
+    reported = False
+    while prog.step < recipe.total_steps:
+        prev = prog.cur_nimg
+        stats = trainer.step()
+        last = prog.step == recipe.total_steps
+        for k, v in stats.items():
+            window.setdefault(k, []).append(v)
+        if recipe.tick_due(prev, prog.cur_nimg) or last:
+            rec = {k: float(np.mean(v)) for k, v in window.items()}
+            rec["kimg"] = prog.cur_nimg / 1000
+            prog.stats.append(rec)
+            window.clear()
+        ticker.maybe(prog.cur_nimg, stats, force=last)
+        prog.train_seconds += time.monotonic() - t_attempt
+        t_attempt = time.monotonic()
+        checkpointed = False
+        if recipe.snapshot_due(prev, prog.cur_nimg) or last:
+            values = metrics(trainer.nets.G_ema) if metrics is not None else {}  # a collective: every rank
+            if d.is_main:
+                snapshot(recipe, ctx, trainer, history, values)
+            if values and (prog.best_metric is None or values[recipe.metrics[0]] < prog.best_metric):
+                prog.best_metric, prog.best_key = values[recipe.metrics[0]], ckpts.key_for(prog.step)
+            key = checkpoint()
+            checkpointed = True
+            if on_snapshot is not None and d.is_main:
+                on_snapshot({"kimg": prog.cur_nimg / 1000, "step": prog.step, "checkpoint": key, **values})
+                reported = True
+        if not last and _stop_requested(ctx, d):
+            if not checkpointed:
+                checkpoint()
+            raise StopRequested(f"at step {prog.step} (kimg {prog.cur_nimg / 1000:.2f})")
 
-    def __len__(self) -> int:
-        return self.images.shape[0] * (2 if self.mirror else 1)
-
-    def indices(self, seed: int, start: int, count: int) -> np.ndarray:
-        """Dataset indices of global samples start..start+count: one seeded permutation per epoch."""
-        n = len(self)
-        out = np.empty(count, dtype=np.int64)
-        for i in range(count):
-            epoch, pos = divmod(start + i, n)
-            if pos == 0 or i == 0:
-                perm = np.random.RandomState(derive_seed("epoch", seed, epoch) % 2**32).permutation(n)
-            out[i] = perm[pos]
-        return out
-
-    def batch(self, idx: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
-        n = self.images.shape[0]
-        flip = torch.from_numpy(idx >= n)
-        base = torch.from_numpy(idx % n)
-        img = self.images[base].to(device=device, dtype=torch.float32) / 127.5 - 1  # [B, C, H, W] in [-1, 1]
-        if flip.any():
-            img[flip.to(device)] = img[flip.to(device)].flip(-1)
-        c = self.labels[base].to(device) if self.labels is not None else None
-        return img, c
-
-
-def adam(params: list[torch.nn.Parameter], lr: float, reg_interval: int | None) -> torch.optim.Adam:
-    """Adam with the reference's betas (0, 0.99) and eps, scaled for lazy regularisation."""
-    ratio = reg_interval / (reg_interval + 1) if reg_interval else 1.0
-    return torch.optim.Adam(params, lr=lr * ratio, betas=(0.0, 0.99**ratio), eps=1e-8)
-
-
-def freeze_discriminator(D: torch.nn.Module, n: int) -> None:
-    """Freeze-D: the first n layers (fromrgb, conv0, conv1, skip of each block, highest resolution first)."""
-    idx = 0
-    for res in sorted((int(k[1:]) for k, _ in D.named_children() if k[0] == "b" and k[1:].isdigit()), reverse=True):
-        block = getattr(D, f"b{res}")
-        for name in ("fromrgb", "conv0", "conv1", "skip"):
-            layer = getattr(block, name, None)
-            if layer is not None:
-                layer.requires_grad_(idx >= n)
-                idx += 1
-
-
-def ema_beta(cfg: FinetuneStage, cur_nimg: int) -> float:
-    ema_nimg = (cfg.ema_kimg if cfg.ema_kimg is not None else cfg.batch * 10 / 32) * 1000
-    if cfg.ema_rampup is not None:
-        ema_nimg = min(ema_nimg, cur_nimg * cfg.ema_rampup)
-    return 0.5 ** (cfg.batch / max(ema_nimg, 1e-8))
-
-
-@torch.no_grad()
-def update_ema(G: torch.nn.Module, G_ema: torch.nn.Module, beta: float) -> None:
-    for p_ema, p in zip(G_ema.parameters(), G.parameters(), strict=True):
-        p_ema.copy_(p.detach().lerp(p_ema, beta))
-    for b_ema, b in zip(G_ema.buffers(), G.buffers(), strict=True):
-        b_ema.copy_(b)
-
-
-@dataclass
-class Trainer:
-    """One training run: networks, optimisers, augmentation and counters."""
-
-    cfg: FinetuneStage
-    nets: Networks
-    data: TrainData
-    augment: Callable | None  # (images, generator) -> images, with a settable .p
-    device: torch.device
-    dist_env: distributed.DistEnv
-    log: Callable[[str], None]
-
-    def __post_init__(self) -> None:
-        cfg = self.cfg
-        freeze_discriminator(self.nets.D, cfg.freeze_d)
-        self.g_params = [p for p in self.nets.G.parameters() if p.requires_grad]
-        self.d_params = [p for p in self.nets.D.parameters() if p.requires_grad]
-        self.opt_G = adam(self.g_params, cfg.glr, None)
-        self.opt_D = adam(self.d_params, cfg.dlr, D_REG_INTERVAL)
-        self.loss = Loss(self.nets.G, self.nets.D, self.augment, cfg.gamma)
-        self.progress = TrainProgress(ada_p=cfg.augment_p or 0.0)
-        self.ada = (  # p from D's over-confidence on reals, unless p is fixed or nothing augments
-            AdaController(AdaConfig(cfg.ada_target, cfg.ada_interval, cfg.ada_kimg), cfg.batch)
-            if cfg.augment_p is None and self.augment is not None else None
-        )
-        procs = self.dist_env.world_size
-        self.per_proc = cfg.batch // procs
-        self.per_round = cfg.batch_per_gpu or self.per_proc
-        self.rounds = self.per_proc // self.per_round
-        self.blur_init = 10.0 if cfg.cfg == "stylegan3-r" else 0.0
-        self.blur_fade_kimg = cfg.batch * 200 / 32
-
-    # -- resume --------------------------------------------------------------------------
-    def state(self) -> dict:
-        return {
-            "G": self.nets.G.state_dict(),
-            "D": self.nets.D.state_dict(),
-            "G_ema": self.nets.G_ema.state_dict(),
-            "opt_G": self.opt_G.state_dict(),
-            "opt_D": self.opt_D.state_dict(),
-            "progress": progress_to_dict(self.progress),
-        }
-
-    def load_state(self, state: dict) -> None:
-        self.nets.G.load_state_dict(state["G"])
-        self.nets.D.load_state_dict(state["D"])
-        self.nets.G_ema.load_state_dict(state["G_ema"])
-        self.opt_G.load_state_dict(state["opt_G"])
-        self.opt_D.load_state_dict(state["opt_D"])
-        # The config's learning rates win over the saved ones (a PBT clone may have new ones).
-        for opt, lr in ((self.opt_G, self.cfg.glr), (self.opt_D, self.cfg.dlr * D_REG_INTERVAL / (D_REG_INTERVAL + 1))):
-            for group in opt.param_groups:
-                group["lr"] = lr
-        self.progress = progress_from_dict(state["progress"])
-        if self.cfg.augment_p is not None:  # a fixed p in the config wins (a sweep may have changed it)
-            self.progress.ada_p = self.cfg.augment_p
-        elif self.ada is not None:
-            if self.progress.ada_state:
-                self.ada.load_state_dict(self.progress.ada_state)
-            else:
-                self.ada.p = self.progress.ada_p
-
-    # -- one batch -------------------------------------------------------------------------
-    def step(self) -> dict[str, float]:
-        cfg, prog, dev = self.cfg, self.progress, self.device
-        G = self.nets.G
-        step, rank = prog.step, self.dist_env.rank
-        if self.augment is not None:
-            self.augment.p = prog.ada_p
-        self.loss.augment = self.augment if prog.ada_p > 0 else None  # p = 0: D sees the images untouched
-        self.loss.blur_sigma = (
-            max(1 - prog.cur_nimg / (self.blur_fade_kimg * 1e3), 0) * self.blur_init if self.blur_fade_kimg > 0 else 0
+    if on_snapshot is not None and d.is_main and not reported and history:
+        # Resumed after the end (e.g. a restored sweep trial): report where training finished.
+        on_snapshot(
+            {
+                "kimg": prog.cur_nimg / 1000,
+                "step": prog.step,
+                "checkpoint": ckpts.key_for(prog.step),
+                **{k: v for k, v in history[-1].items() if k != "kimg"},
+            }
         )
 
-        # The global batch, drawn once: every process takes its slice.
-        g = generator("batch", cfg.seed, step)
-        z_all = torch.randn([2, cfg.batch, G.z_dim], generator=g)  # [phase, B, z_dim]: G phase, D phase
-        gen_c_idx = torch.randint(0, max(len(self.data), 1), [2, cfg.batch], generator=g).numpy()
-        real_idx = self.data.indices(cfg.seed, prog.cur_nimg, cfg.batch)
-        lo = rank * self.per_proc
-        stats: dict[str, torch.Tensor] = {}
 
-        def add(d: dict[str, torch.Tensor]) -> None:
-            for k, v in d.items():
-                stats[k] = stats.get(k, 0) + v.float().cpu() / self.rounds
-
-        def gen_c(phase: int, sl: slice) -> torch.Tensor | None:
-            if self.data.labels is None:
-                return None
-            return self.data.labels[gen_c_idx[phase][sl] % self.data.images.shape[0]].to(dev)
-
-        def aug_gen(phase: str, r: int) -> torch.Generator:
-            # keyed by the slice's place in the global batch: the same samples get the same draws
-            # whether they are one process's round r or another process's whole share
-            return generator("augment", cfg.seed, step, phase, lo + r * self.per_round)
-
-        # G main.
-        for p in self.d_params:
-            p.requires_grad_(False)
-        self.opt_G.zero_grad(set_to_none=True)
-        for r in range(self.rounds):
-            sl = slice(lo + r * self.per_round, lo + (r + 1) * self.per_round)
-            loss, s = self.loss.g_main(z_all[0, sl].to(dev), gen_c(0, sl), aug_gen("G", r))
-            self._check(loss, "G")
-            (loss / self.rounds).backward()
-            add(s)
-        for p in self.d_params:
-            p.requires_grad_(True)
-        self._opt_step(self.opt_G, self.g_params)
-
-        # D main, and R1 every D_REG_INTERVAL batches (a separate optimiser step, as the reference).
-        # G's running averages (w_avg, magnitude_ema) update here; every round starts from the
-        # same values and the results are averaged over rounds and processes, so the outcome
-        # does not depend on how the batch is split.
-        emas = [b for name, b in G.named_buffers() if name.endswith(("w_avg", "magnitude_ema"))]
-        before = [b.clone() for b in emas]
-        summed = [torch.zeros_like(b) for b in emas]
-        self.opt_D.zero_grad(set_to_none=True)
-        for r in range(self.rounds):
-            sl = slice(lo + r * self.per_round, lo + (r + 1) * self.per_round)
-            for b, b0 in zip(emas, before, strict=True):
-                b.copy_(b0)
-            real, real_c = self.data.batch(real_idx[sl], dev)
-            loss, s = self.loss.d_main(real, real_c, z_all[1, sl].to(dev), gen_c(1, sl), aug_gen("D", r))
-            self._check(loss, "D")
-            (loss / self.rounds).backward()
-            add(s)
-            for acc, b in zip(summed, emas, strict=True):
-                acc += b
-        for b, acc in zip(emas, summed, strict=True):
-            b.copy_(distributed.all_sum(acc, self.dist_env.world_size) / (self.rounds * self.dist_env.world_size))
-        self._opt_step(self.opt_D, self.d_params)
-        if step % D_REG_INTERVAL == 0 and cfg.gamma > 0:
-            self.opt_D.zero_grad(set_to_none=True)
-            for r in range(self.rounds):
-                sl = slice(lo + r * self.per_round, lo + (r + 1) * self.per_round)
-                real, real_c = self.data.batch(real_idx[sl], dev)
-                loss, s = self.loss.d_reg(real, real_c, aug_gen("R1", r), D_REG_INTERVAL)
-                self._check(loss, "R1")
-                (loss / self.rounds).backward()
-                add(s)
-            self._opt_step(self.opt_D, self.d_params)
-
-        # G_ema, ADA, counters.
-        update_ema(G, self.nets.G_ema, ema_beta(cfg, prog.cur_nimg))
-        if self.ada is not None:
-            self.ada.accumulate_signs(stats["signs_real"] * self.rounds, stats["n_real"] * self.rounds)
-            n = self.dist_env.world_size
-            if self.ada.end_batch(reduce=lambda t: distributed.all_sum(t, n)):
-                prog.ada_p = self.ada.p
-            prog.ada_state = self.ada.state_dict()
-        prog.step += 1
-        prog.cur_nimg += cfg.batch
-        out = {k: float(v) for k, v in stats.items() if k not in ("signs_real", "n_real")}
-        out["augment_p"] = prog.ada_p
-        return out
-
-    def _check(self, loss: torch.Tensor, what: str) -> None:
-        # Every rank learns of a non-finite loss anywhere, so all stop together (none waits in a collective).
-        bad = torch.tensor([0.0 if bool(torch.isfinite(loss)) else 1.0])
-        if distributed.all_sum(bad, self.dist_env.world_size).item() > 0:
-            value = loss.item() if not torch.isfinite(loss) else "non-finite on another rank"
-            raise TrainingDiverged(
-                f"the {what} loss became {value} at step {self.progress.step} "
-                f"(kimg {self.progress.cur_nimg / 1000:.1f}); lower the learning rates or raise gamma. "
-                "The last good checkpoint is intact."
+def _resume(
+    recipe: Recipe, ctx: StageContext, trainer: Trainer, ckpts: CheckpointStore, start_from: str | None
+) -> dict[str, Any] | None:
+    """Load the state to continue from (and check it may be continued under this recipe), or
+    make every rank start from rank 0's weights."""
+    d = trainer.dist_env
+    if start_from:  # a sweep trial restored by Tune, or a PBT clone of another trial
+        state = ckpts.load(start_from)
+        ckpts.drop_after(int(state["progress"]["step"]), keep=start_from)  # they belong to another trajectory
+    else:
+        state = ckpts.load_latest()
+        if state is not None and state.get("config_hash", recipe.resume_digest) != recipe.resume_digest:
+            raise CleftGanError(
+                f"the checkpoints under {ctx.store.uri(ckpts.prefix)} were written with another training config; "
+                "run the stage with --force to start over"
             )
+    if state is None:
+        for m in (trainer.nets.G, trainer.nets.D, trainer.nets.G_ema):
+            distributed.broadcast_module(m, d.world_size)
+        return None
+    trainer.load_state(state)
+    if start_from and not start_from.startswith(ckpts.prefix + "/"):
+        trainer.progress.best_metric = trainer.progress.best_key = None  # the donor's best is not ours
+    where = f" ({start_from})" if start_from else ""
+    trainer.log(f"resumed from step {trainer.progress.step} (kimg {trainer.progress.cur_nimg / 1000:.2f}){where}")
+    step = trainer.progress.step
+    if not start_from and step >= recipe.total_steps:
+        # nothing left to train: exporting these weights as this config's result is right only
+        # if they were trained with it (a sweep's restored trial passes start_from instead)
+        if step > recipe.total_steps:
+            raise CleftGanError(
+                f"the checkpoints are at step {step}, past this config's kimg {recipe.kimg:g} "
+                f"({recipe.total_steps} steps): raise kimg to continue, or run the stage with --force to start over"
+            )
+        if state.get("finished_config_hash", recipe.finished_digest) != recipe.finished_digest:
+            raise CleftGanError(
+                "this stage already trained to the end with other settings; raise kimg to continue with the "
+                "new ones, or run the stage with --force to start over"
+            )
+    return state
 
-    def _opt_step(self, opt: torch.optim.Optimizer, params: list[torch.nn.Parameter]) -> None:
-        distributed.average_gradients([p for p in params], self.dist_env.world_size)
-        opt.step()
+
+def _stop_requested(ctx: StageContext, d: distributed.DistEnv) -> bool:
+    flag = torch.tensor([1.0 if ctx.should_stop() else 0.0])
+    return bool(distributed.all_sum(flag, d.world_size).item() > 0)
 
 
-def total_steps(cfg: FinetuneStage) -> int:
-    return math.ceil(cfg.kimg * 1000 / cfg.batch)
-
-
-def snapshot_due(cfg: FinetuneStage, prev_nimg: int, cur_nimg: int) -> bool:
-    every = cfg.snapshot_kimg * 1000
-    return math.floor(cur_nimg / every) > math.floor(prev_nimg / every)
+def snapshot(
+    recipe: Recipe, ctx: StageContext, trainer: Trainer, history: list[dict[str, float]], values: dict[str, float]
+) -> None:
+    """Grid, metric history, stats and curves of the current state (rank 0)."""
+    prog = trainer.progress
+    kimg = prog.cur_nimg / 1000
+    tag = f"{prog.cur_nimg:09d}"  # images shown
+    grid = sample_grid(trainer.nets.G_ema, recipe.grid_seeds, trainer.device)
+    ctx.store.put_bytes(ctx.key("samples", f"grid-{tag}.png"), grid)
+    if values:
+        history.append({"kimg": kimg, **values})
+        ctx.store.put_text(ctx.key("metrics.jsonl"), stats_jsonl(history))
+    ctx.store.put_text(ctx.key("stats.jsonl"), stats_jsonl(prog.stats))
+    ctx.store.put_bytes(ctx.key("curves.png"), curves_png(prog.stats, history))
+    shown = " ".join(f"{k} {v:.4g}" for k, v in values.items())
+    ctx.log.info(f"snapshot at kimg {kimg:.2f}: samples/grid-{tag}.png {shown}".rstrip())
 
 
 class Ticker:
@@ -317,12 +207,3 @@ class Ticker:
             f"p {stats.get('augment_p', 0):.3f} {losses}"
         )
         return True
-
-
-def copy_networks(G: torch.nn.Module, D: torch.nn.Module, G_ema: torch.nn.Module | None) -> Networks:
-    """Training copies: G and D train; G_ema starts from the loaded G_ema (or G)."""
-    G_ema = copy.deepcopy(G_ema if G_ema is not None else G).eval().requires_grad_(False)
-    return Networks(G.train().requires_grad_(True), D.train().requires_grad_(True), G_ema)
-
-
-__all__ = ["CheckpointStore", "Networks", "TrainData", "Trainer", "Ticker", "TrainingDiverged"]

@@ -27,7 +27,7 @@ from cleftgan_hpc.metrics import (
 from cleftgan_hpc.seeds import derive_seed
 from cleftgan_hpc.storage.base import sha256_file
 from cleftgan_hpc.training import distributed
-from cleftgan_hpc.training.loop import TrainData
+from cleftgan_hpc.training.trainer import TrainData
 
 
 class SnapshotMetrics:

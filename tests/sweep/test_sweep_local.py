@@ -9,10 +9,12 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
+from waiting import wait_for
 
 SPEC = """
 name: sw
@@ -102,7 +104,10 @@ def test_killed_sweep_resumes_from_tune_state(tiny_dataset: Path, tmp_path: Path
     for line in proc.stdout:  # wait until Tune has results (and state) in the store, then kill everything
         if "checkpoint_key" in line or time.monotonic() > deadline:
             break
-    time.sleep(2)
+    threading.Thread(target=proc.stdout.read, daemon=True).start()  # a full pipe must not stall the run
+    state_dir = tmp_path / "store/runs/sw-2/stages/tune/tune/sweep"
+    wait_for(lambda: state_dir.is_dir() and any(p.name.startswith("experiment_state") for p in state_dir.iterdir()),
+             120, f"Tune's experiment state in {state_dir}")
     # The machine is lost: the launcher and the stage (its own session, with Ray) die at once.
     stage_pid = json.loads((tmp_path / "store/runs/sw-2/stages/tune/status.json").read_text())["pid"]
     for group in (stage_pid, proc.pid):
@@ -116,7 +121,6 @@ def test_killed_sweep_resumes_from_tune_state(tiny_dataset: Path, tmp_path: Path
         except ProcessLookupError:
             break
         time.sleep(0.2)
-    state_dir = tmp_path / "store/runs/sw-2/stages/tune/tune/sweep"
     assert any(p.name.startswith("experiment_state") for p in state_dir.iterdir())
     again = cli(spec, "--run", "sw-2")
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]

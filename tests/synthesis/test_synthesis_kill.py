@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from waiting import wait_until_stable
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -90,8 +91,8 @@ def test_sigkill_then_rerun_is_byte_identical(store: Any, tiny_net: Path, make_c
         assert not left, f"processes of the killed synthesize still run: {left}"
     # an S3 server may still finish a PUT whose body had arrived when the client died (up to
     # upload_concurrency of them): count what is there once it has settled
-    time.sleep(1.0)
-    before = _shards(store)
+    before = wait_until_stable(lambda: _shards(store), 30, "the shard count after the kill",
+                               quiet=1.0, interval=0.1)
     assert 3 <= before < 30 and not store.exists("datasets/killed/manifest.json")
 
     rerun = subprocess.run(_command(store, tiny_net, tmp_path / "s1"), env=env, cwd=tmp_path,

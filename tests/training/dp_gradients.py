@@ -24,7 +24,7 @@ from cleftgan_hpc.jobspec.stages import FinetuneStage
 from cleftgan_hpc.stages import finetune
 from cleftgan_hpc.storage.local import LocalStore
 from cleftgan_hpc.training import distributed
-from cleftgan_hpc.training.loop import Trainer
+from cleftgan_hpc.training.trainer import Trainer
 
 STEPS = 2  # step 0 runs G, D and the lazy R1; step 1 runs G and D on the next samples
 
@@ -41,8 +41,9 @@ def main(dataset: str, out: str) -> None:
     scratch = Path(tempfile.mkdtemp())
     ctx = StageContext(LocalStore(scratch / "store"), "dp", "train", scratch, logging.getLogger("dp"))
     data, _, _ = finetune.load_data(cfg, ctx)
-    nets = finetune.build_networks(cfg, ctx, data, device)
-    trainer = Trainer(cfg, nets, data, finetune.make_augment(cfg, device), device, d, lambda _m: None)
+    recipe = finetune.make_recipe(cfg, device.type, d.world_size)
+    nets = finetune.build_networks(cfg, recipe, ctx, data, device)
+    trainer = Trainer(recipe, nets, data, finetune.make_augment(recipe, device), device, d, lambda _m: None)
     records: list[list[torch.Tensor]] = []
     for opt in (trainer.opt_G, trainer.opt_D):
         for group in opt.param_groups:

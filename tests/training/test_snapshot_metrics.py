@@ -17,8 +17,8 @@ from tiny_nets import save_tiny_generator
 from cleftgan_hpc.context import StageContext
 from cleftgan_hpc.data.dataset import Dataset
 from cleftgan_hpc.storage.local import LocalStore
-from cleftgan_hpc.training.loop import TrainData
 from cleftgan_hpc.training.snapshot_metrics import SnapshotMetrics
+from cleftgan_hpc.training.trainer import TrainData
 
 
 def free_port() -> int:
