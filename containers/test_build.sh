@@ -9,7 +9,7 @@
 #   debootstrap --variant=minbase bookworm  ->  docker import  ->  cleftgan-base:bookworm
 #
 # State (docker data, the base rootfs) lives in $CLEFTGAN_DOCKER_DIR (default /tmp/cleftgan-docker)
-# and is reused by later runs. Takes a few minutes from nothing; the README has timings.
+# and is reused by later runs. Takes a few minutes from nothing; docs/slurm.md has timings.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

@@ -1,7 +1,7 @@
 """The typed job spec: store, backend, resources and named stages (pydantic v2 models).
 
 Every field documents itself (``description``) so that ``cleftgan-hpc schema`` and the
-README's reference are generated from, and agree with, the code.
+docs/reference.md are generated from, and agree with, the code.
 """
 
 from __future__ import annotations

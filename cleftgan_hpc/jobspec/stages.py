@@ -1,6 +1,7 @@
 """Every stage kind's config model, joined into one discriminated union on ``kind``.
 
-Each kind's model lives in ``spec/kinds/<kind>.py``; a kind is listed here only once it runs.
+Each kind's model lives in ``jobspec/kinds/<kind>.py``; this is the one registry of kinds (the
+stage function is ``stages/<kind>.py``'s ``run``, found by the name).
 """
 
 from __future__ import annotations

@@ -3,30 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import re
 from typing import Any
 
 
-def parse_seeds(text: str) -> list[int]:
-    """'0-3,7,10-11' -> [0, 1, 2, 3, 7, 10, 11]."""
-    seeds: list[int] = []
-    for part in text.split(","):
-        part = part.strip()
-        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
-        if not m:
-            raise ValueError(f"bad seed range {part!r} (expected e.g. 0-15 or 1,5,9)")
-        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
-        if hi < lo:
-            raise ValueError(f"bad seed range {part!r}: end before start")
-        if hi >= 2**32:
-            raise ValueError(f"seed {hi} is out of range (seeds are < 2**32)")
-        seeds.extend(range(lo, hi + 1))
-        if len(seeds) > 1_000_000:
-            raise ValueError("more than a million seeds: split the job")
-    return seeds
-
-
 def _seeds(text: str) -> list[int]:
+    from .generate import parse_seeds
+
     try:
         return parse_seeds(text)
     except ValueError as e:
@@ -73,10 +55,14 @@ def add_commands(subparsers: Any) -> None:
 
 def convert_command(args: argparse.Namespace) -> int:
     """`convert IN OUT`: official pickle -> our network file."""
+    from ..errors import CleftGanError
     from . import load_network, save_checkpoint
 
-    net = load_network(args.input)
-    save_checkpoint(net, args.output)
+    net = load_network(args.input)  # every problem with IN is a CleftGanError naming it
+    try:
+        save_checkpoint(net, args.output)
+    except OSError as e:
+        raise CleftGanError(f"cannot write {args.output}: {e.strerror or e}") from e
     present = [k for k in ("G", "D", "G_ema") if getattr(net, k) is not None]
     print(f"wrote {args.output} ({', '.join(present)}; augment_p={net.augment_p})")
     return 0

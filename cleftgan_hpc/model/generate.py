@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,10 +13,28 @@ import torch
 from PIL import Image
 
 from ..errors import CleftGanError
-from .commands import parse_seeds
 from .generator import Generator
 
 __all__ = ["GenerateError", "generate_images", "make_grid", "make_transform", "parse_seeds", "save_images"]
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'0-3,7,10-11' -> [0, 1, 2, 3, 7, 10, 11]."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if not m:
+            raise ValueError(f"bad seed range {part!r} (expected e.g. 0-15 or 1,5,9)")
+        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+        if hi < lo:
+            raise ValueError(f"bad seed range {part!r}: end before start")
+        if hi >= 2**32:
+            raise ValueError(f"seed {hi} is out of range (seeds are < 2**32)")
+        seeds.extend(range(lo, hi + 1))
+        if len(seeds) > 1_000_000:
+            raise ValueError("more than a million seeds: split the job")
+    return seeds
 
 
 class GenerateError(CleftGanError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..errors import NetworkFormatError
+from ..errors import NetworkFormatError, UnsafePickleError
 from .checkpoint import Network, load_checkpoint
 from .official_pickle import read_official_pickle
 
@@ -27,6 +27,8 @@ def load_network(path: str | os.PathLike[str]) -> Network:
             net = None if is_safetensors or head[:1] != b"\x80" else Network(**read_official_pickle(f))
     except OSError as e:
         raise NetworkFormatError(f"cannot open network file {path}: {e.strerror or e}") from e
+    except (UnsafePickleError, NetworkFormatError) as e:  # name the file: the CLI prints only this line
+        raise type(e)(f"{path}: {e}") from e
     if net is None:
         if not (len(head) >= 9 and head[8:9] == b"{"):
             raise NetworkFormatError(f"{path}: neither a StyleGAN3 pickle nor a cleftgan-hpc network file")

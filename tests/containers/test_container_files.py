@@ -1,6 +1,6 @@
 """The container definitions: the Dockerfile is hadolint clean and builds the project, and the
 Apptainer definition parses (spython) with the sections users and `apptainer test` rely on.
-Building the image for real is `make test-container` (about 5 minutes cold, see the README)."""
+Building the image for real is `make test-container` (about 5 minutes cold, see docs/slurm.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""Shared fixtures: the StyleGAN3 parity fixture (skipped with a reason when absent)."""
+"""Shared fixtures: the StyleGAN3 parity fixture shipped with the tests (tests/fixtures/PROVENANCE.md).
+
+`network.pkl` and `meta.json` are copies of the upstream fixture; `reference_small.npz` is the
+upstream `reference.npz` with the per-layer outputs cut to one window (make_small_reference.py).
+"""
 
 from __future__ import annotations
 
@@ -8,23 +12,17 @@ import numpy as np
 import pytest
 import torch
 
-FIXTURE_DIR = Path(__file__).parents[2].parent / "shared" / "fixtures" / "stylegan3" / "sg3t_64"
-
-
-def _require_fixture() -> Path:
-    if not (FIXTURE_DIR / "network.pkl").is_file() or not (FIXTURE_DIR / "reference.npz").is_file():
-        pytest.skip(f"StyleGAN3 parity fixture not found at {FIXTURE_DIR} (it lives in the shared checkout)")
-    return FIXTURE_DIR
+FIXTURE_DIR = Path(__file__).parents[1] / "fixtures" / "stylegan3" / "sg3t_64"
 
 
 @pytest.fixture(scope="session")
 def fixture_dir() -> Path:
-    return _require_fixture()
+    return FIXTURE_DIR
 
 
 @pytest.fixture(scope="session")
 def reference(fixture_dir: Path) -> dict[str, np.ndarray]:
-    with np.load(fixture_dir / "reference.npz") as d:
+    with np.load(fixture_dir / "reference_small.npz", allow_pickle=False) as d:
         return {k: d[k] for k in d.files}
 
 

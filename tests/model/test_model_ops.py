@@ -167,3 +167,72 @@ def test_bessel_j1_values() -> None:
     xs = [0.5, 1.0, 2.0, 5.0, 10.0]
     expected = [0.2422684577, 0.4400505857, 0.5767248078, -0.3275791376, 0.0434727462]
     assert bessel_j1(xs) == pytest.approx(expected, abs=1e-8)
+
+
+# -- the memory-lean autograd path -------------------------------------------------------------------
+
+from cleftgan_hpc.model.ops import lean_autograd  # noqa: E402
+from cleftgan_hpc.model.ops.lean import pack_bits, unpack_bits, upfirdn2d_adjoint  # noqa: E402
+
+
+def test_pack_bits_round_trip() -> None:
+    mask = torch.rand(3, 5, 7, 11) > 0.5  # 1155 values: not a multiple of 8
+    packed = pack_bits(mask)
+    assert packed.dtype == torch.uint8 and packed.numel() == (mask.numel() + 7) // 8
+    assert torch.equal(unpack_bits(packed, mask.shape), mask)
+
+
+@pytest.mark.parametrize("case", UPFIRDN_CASES, ids=[str(i) for i in range(len(UPFIRDN_CASES))])
+def test_upfirdn2d_adjoint_is_the_transpose(case) -> None:
+    """<upfirdn2d(x), g> == <x, adjoint(g)> for every configuration the network uses."""
+    taps, radial, up, down, padding, flip, gain = case
+    f = _lowpass(taps, radial).double() if taps > 1 else torch.ones([1], dtype=torch.float64)
+    x = torch.randn(2, 3, 17, 15, dtype=torch.float64)
+    y = upfirdn2d(x, f, up=up, down=down, padding=padding, flip_filter=flip, gain=gain)
+    g = torch.randn_like(y)
+    back = upfirdn2d_adjoint(g, f, (17, 15), up, down, padding, flip_filter=flip, gain=gain)
+    assert back.shape == x.shape
+    assert torch.allclose((y * g).sum(), (x * back).sum(), rtol=1e-10)
+
+
+@pytest.mark.parametrize("case", FLRELU_CASES, ids=[str(i) for i in range(len(FLRELU_CASES))])
+def test_lean_filtered_lrelu_equals_autograd(case) -> None:
+    """Same values (to the bit) and the same gradients as autograd over the composite ops."""
+    ut, up, dt, down, radial, padding, size, slope, gain, clamp = case
+    fu = _lowpass(ut) if ut > 1 else None
+    fd = _lowpass(dt, radial) if dt > 1 else None
+    x = torch.randn(2, 3, size, size) * 2
+    b = torch.randn(3)
+    kw = dict(up=up, down=down, padding=padding, gain=gain, slope=slope, clamp=clamp)
+
+    def run(lean: bool) -> tuple[torch.Tensor, ...]:
+        xs, bs = x.clone().requires_grad_(True), b.clone().requires_grad_(True)
+        with lean_autograd(lean):
+            y = filtered_lrelu(xs, fu, fd, bs, **kw)
+        w = torch.linspace(-1, 1, y.numel()).reshape(y.shape)
+        return (y, *torch.autograd.grad((y * w).sum(), [xs, bs]))
+
+    lean, composite = run(True), run(False)
+    assert torch.equal(lean[0], composite[0])
+    for a, c in zip(lean[1:], composite[1:], strict=True):
+        assert torch.allclose(a, c, atol=1e-5, rtol=1e-5), (a - c).abs().max()
+
+
+def test_lean_path_keeps_codes_not_upsampled_values() -> None:
+    """What autograd keeps for backward: a bit per upsampled value instead of 4 bytes (or more)."""
+    fu, fd = _lowpass(24), _lowpass(12)
+
+    def saved_bytes(lean: bool) -> int:
+        seen: dict[int, int] = {}
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        x = torch.randn(1, 8, 40, 40, requires_grad=True)
+        with lean_autograd(lean), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            filtered_lrelu(x, fu, fd, None, up=4, down=2, padding=(-6, -9, -6, -9), clamp=256.0)
+        return sum(seen.values())
+
+    lean, composite = saved_bytes(True), saved_bytes(False)
+    assert lean * 8 < composite, (lean, composite)

@@ -16,6 +16,7 @@ import torch
 from . import reference
 from .bias_act import bias_act as _fast_bias_act
 from .filtered_lrelu import filtered_lrelu as _fast_filtered_lrelu
+from .lean import lean_autograd
 from .modulated_conv import modulated_conv2d as _fast_modulated_conv2d
 from .modulated_conv import modulated_filtered_lrelu as _fast_modulated_filtered_lrelu
 from .upfirdn2d import Padding
@@ -129,6 +130,7 @@ __all__ = [
     "Padding",
     "bias_act",
     "filtered_lrelu",
+    "lean_autograd",
     "modulated_conv2d",
     "modulated_filtered_lrelu",
     "plain_ops",

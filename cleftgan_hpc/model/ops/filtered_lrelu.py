@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .bias_act import clamp_for_autograd
+from .lean import lean_filtered_lrelu, use_lean
 from .upfirdn2d import Padding, upfirdn2d
 
 # Largest intermediate (bytes) one chunk may create; chunks never go below one sample and
@@ -40,6 +41,8 @@ def _filtered_lrelu_whole(
     clamp: float | None,
 ) -> torch.Tensor:
     """The op on one chunk."""
+    if use_lean(x, b) and not (fu is not None and fu.requires_grad or fd is not None and fd.requires_grad):
+        return lean_filtered_lrelu(x, fu, fd, b, up, down, padding, gain, slope, clamp)
     if b is not None:
         x = x + b.to(x.dtype).reshape(1, -1, 1, 1)
     owned = b is not None

@@ -11,6 +11,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .lean import ModulatedConv, use_lean
+
 
 def modulated_conv2d(
     x: torch.Tensor,  # [N, I, H, W] input
@@ -91,8 +93,11 @@ def _modconv_prenormalised(
             weight = weight * (1 / math.sqrt(i * kh * kw) / weight.abs().amax(dim=[1, 2, 3], keepdim=True))
             styles = styles / styles.abs().amax(dim=1, keepdim=True)
     scale = styles if input_gain is None else styles * input_gain.expand(n, i)
-    x = x * scale.to(x.dtype).reshape(n, i, 1, 1)
-    x = F.conv2d(x, weight.to(x.dtype), padding=padding)
+    if use_lean(x, scale, weight):  # keep x, not its modulated copy, for backward
+        x = ModulatedConv.apply(x, scale.to(x.dtype), weight.to(x.dtype), padding)
+    else:
+        x = x * scale.to(x.dtype).reshape(n, i, 1, 1)
+        x = F.conv2d(x, weight.to(x.dtype), padding=padding)
     if demodulate:
         dcoefs = (styles.square() @ weight.square().sum(dim=[2, 3]).t() + 1e-8).rsqrt()  # [N, O]
         d = dcoefs.to(x.dtype).reshape(n, o, 1, 1)
