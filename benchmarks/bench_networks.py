@@ -12,10 +12,10 @@ FlopCounterMode), so both columns divide the same useful work by their time.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from collections.abc import Callable
 
+import machine  # benchmarks/machine.py, beside this script
 import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
@@ -28,7 +28,6 @@ CONFIGS: dict[str, dict] = {
     # A 256x256 configuration.
     "256": dict(z_dim=128, w_dim=128, img_resolution=256, channel_base=8192, channel_max=128),
 }
-REFERENCE_IMG_PER_S = {"fixture": 3.1, "256": 0.22}  # the reference implementation's CPU path, batch 8
 
 
 def build(name: str) -> tuple[Generator, Discriminator]:
@@ -92,26 +91,33 @@ def main() -> None:
     )
     ap.add_argument("--no-plain", action="store_true", help="skip the plain-ops measurements (slow)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    ap.add_argument("--reference", metavar="DIR", help="a checkout of the reference (NVlabs/stylegan3), timed "
+                    "side by side in this run (kept outside this repository)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, load average {load:.1f}")
+    args.ref = machine.reference(args.reference) if args.reference else None
+    print(f"{machine.describe()}, batch {args.batch}")
+    args.peak = machine.sgemm_peak()
+    print(f"sgemm peak measured now: {args.peak:.0f} GFLOP/s (every rate below is also shown as a share of it)")
     for name in args.configs.split(","):
         bench_config(name, args)
 
 
 def report(
-    what: str, work_flops: int, fast_s: float, plain_s: float, per_call: int, unit: str, ref: float | None
+    what: str, work_flops: int, fast_s: float, plain_s: float, per_call: int, unit: str, ref_s: float | None,
+    peak: float,
 ) -> None:
-    """One result line: rates, GFLOP/s of the same work, ratio, and the ratio to the reference."""
-    line = (
-        f"   {what:10s}  fast {per_call / fast_s:8.2f} {unit} ({work_flops / fast_s / 1e9:6.1f} GFLOP/s)"
-        f" | plain {per_call / plain_s:8.2f} {unit} ({work_flops / plain_s / 1e9:6.1f} GFLOP/s)"
-        f" | fast/plain {plain_s / fast_s:5.1f}x"
-    )
-    if ref is not None:
-        line += f" | vs reference CPU path ({ref} {unit}): {per_call / fast_s / ref:.1f}x"
+    """One result line: rates, GFLOP/s of the same work (and their share of the sgemm peak),
+    and the ratios to the plain ops and to the reference, all measured in this run."""
+
+    def rate(s: float) -> str:
+        gflops = work_flops / s / 1e9
+        return f"{per_call / s:8.2f} {unit} ({gflops:6.1f} GFLOP/s, {100 * gflops / peak:4.1f}% of peak)"
+
+    line = f"   {what:10s}  fast {rate(fast_s)} | plain {rate(plain_s)} | fast/plain {plain_s / fast_s:5.1f}x"
+    if ref_s is not None:
+        line += f" | reference {rate(ref_s)} | fast/reference {ref_s / fast_s:5.1f}x"
     print(line, flush=True)
 
 
@@ -135,7 +141,17 @@ def bench_config(name: str, args: argparse.Namespace) -> None:
     if not args.no_plain:
         with ops.plain_ops():
             plain = timed(forward, max(1, args.repeats - 1))
-    report("G forward", flops, fast, plain, args.batch, "img/s", REFERENCE_IMG_PER_S.get(name))
+    ref_s = None
+    if args.ref is not None:
+        torch.manual_seed(0)
+        rg = args.ref.sg3.Generator(c_dim=0, img_channels=3, **CONFIGS[name]).eval()
+
+        def ref_forward() -> None:
+            with torch.no_grad():
+                rg(z, None)
+
+        ref_s = timed(ref_forward, max(1, args.repeats - 1))
+    report("G forward", flops, fast, plain, args.batch, "img/s", ref_s, args.peak)
     if name not in args.train_configs.split(","):
         return
     g.train(), d.train()
@@ -146,7 +162,7 @@ def bench_config(name: str, args: argparse.Namespace) -> None:
     if not args.no_plain:
         with ops.plain_ops():
             plain = timed(lambda: train_step(g, d, args.batch), 1)
-    report("train step", flops, fast, plain, 1, "steps/s", None)
+    report("train step", flops, fast, plain, 1, "steps/s", None, args.peak)
 
 
 if __name__ == "__main__":

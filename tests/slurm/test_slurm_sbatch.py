@@ -121,19 +121,18 @@ def test_pyxis_srun_arguments(tmp_path: Path) -> None:
 
 
 def test_stage_shape() -> None:
-    class Plain:
-        pass
+    """The shape comes from the contract each kind declares (StageBase's defaults otherwise)."""
+    from cleftgan_hpc.jobspec.stages import DemoDataStage, FinetuneStage, SynthesizeStage
 
-    class Finetune:
-        task_per_gpu = True
-
-    class Synth:
-        def array_tasks(self) -> int:
-            return 40
-
-    assert stage_shape(Plain(), Resources(gpus=4)).tasks_per_node == 1
-    assert stage_shape(Finetune(), Resources(gpus=4)).tasks_per_node == 4
-    assert stage_shape(Synth(), Resources()).array_tasks == 40
+    plain = DemoDataStage.model_validate({"kind": "demo_data"})
+    tune = FinetuneStage.model_validate({"kind": "finetune", "network": "random", "dataset": "d.zip", "gpus": 4})
+    synth = SynthesizeStage.model_validate(
+        {"kind": "synthesize", "network": "n.pkl", "dataset": "d", "count": 40_000, "tasks": 40}
+    )
+    assert stage_shape(plain, Resources(gpus=4)).tasks_per_node == 1
+    assert stage_shape(tune, Resources(gpus=4)).tasks_per_node == 4
+    assert stage_shape(synth, Resources()).array_tasks == 40
+    assert stage_shape(plain, Resources()).array_tasks == 0
 
 
 def test_sacct_summaries() -> None:
