@@ -62,10 +62,17 @@ def check_kernels() -> list[Check]:
             found.append(name)
         except Exception as exc:  # noqa: BLE001 - a broken build is reported, not raised
             missing.append(f"{name} ({type(exc).__name__})")
+    out = []
     if missing:
-        return [Check("kernels", WARN, "FALLBACK: no compiled StyleGAN3 CUDA kernels loaded, the networks run on "
-                                       f"their PyTorch ops (correct; slower on GPUs): {', '.join(missing)}")]
-    return [Check("kernels", OK, f"compiled kernels loaded: {', '.join(found)}")]
+        out.append(Check("kernels", WARN, "FALLBACK: no compiled StyleGAN3 CUDA kernels loaded, the networks run on "
+                                          f"their PyTorch ops (correct; slower on GPUs): {', '.join(missing)}"))
+    else:
+        out.append(Check("kernels", OK, f"compiled kernels loaded: {', '.join(found)}"))
+    try:
+        from cleftgan_hpc.model.ops import op_paths
+    except Exception as exc:  # noqa: BLE001 - reported, not raised
+        return out + [Check("ops", FAIL, f"cannot import the network ops: {exc}")]
+    return out + [Check("op", OK, f"{name}: {path}") for name, path in op_paths()]
 
 
 def check_store(store: Any) -> list[Check]:

@@ -76,6 +76,8 @@ def test_doctor_checks_the_store(tmp_path: Path, capsys: pytest.CaptureFixture) 
     code = cmd_doctor(parser().parse_args(["doctor", "--store", f"file://{tmp_path}/st"]))
     out = capsys.readouterr().out
     assert "[  ok] torch" in out and "store" in out and "writable" in out
+    for op in ("filtered_lrelu", "modulated_conv2d", "upfirdn2d", "bias_act"):  # which path each op runs, and why
+        assert f"] op         {op}: " in out
     assert "kernels" in out  # compiled, or the loud FALLBACK line
     assert code == 0
     code = cmd_doctor(parser().parse_args(["doctor", "--store", "file:///proc/nope", "--gpus", "0"]))

@@ -16,6 +16,7 @@ import torch
 from . import reference
 from .bias_act import bias_act as _fast_bias_act
 from .filtered_lrelu import filtered_lrelu as _fast_filtered_lrelu
+from .lean import _enabled as _lean_flag
 from .lean import lean_autograd
 from .modulated_conv import modulated_conv2d as _fast_modulated_conv2d
 from .modulated_conv import modulated_filtered_lrelu as _fast_modulated_filtered_lrelu
@@ -126,7 +127,24 @@ def modulated_filtered_lrelu(
     )
 
 
+def op_paths() -> list[tuple[str, str]]:
+    """(op, the path it runs here and why) for `cleftgan-hpc doctor`: no compiled kernel is
+    built yet, so every op runs as PyTorch ops on every device (CPU and CUDA alike)."""
+    lean = _lean_flag.get()
+    grad = "memory-lean autograd" if lean else "autograd over the composite ops (lean path switched off)"
+    why = "no compiled kernel for this op yet"
+    return [
+        ("filtered_lrelu", f"PyTorch polyphase convolutions; {grad}: a 1-2 bit code per upsampled value "
+                           f"kept for backward instead of the values ({why})"),
+        ("modulated_conv2d", f"one shared-weight PyTorch conv2d on modulated activations; {grad}: the "
+                             f"unmodulated input kept, not its modulated copy ({why})"),
+        ("upfirdn2d", f"PyTorch polyphase (transposed) depthwise convolutions, separable where the filter is ({why})"),
+        ("bias_act", f"PyTorch elementwise ops, in place where autograd allows ({why})"),
+    ]
+
+
 __all__ = [
+    "op_paths",
     "Padding",
     "bias_act",
     "filtered_lrelu",
