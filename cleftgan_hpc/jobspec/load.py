@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from cleftgan_hpc.errors import SECRET_NAME, FieldError, SpecError, SpecProblem, looks_secret, shown
+from cleftgan_hpc.jobspec.grid import INSTANCE_RE, expand_grids
 from cleftgan_hpc.jobspec.job import JobSpec
 from cleftgan_hpc.jobspec.models import NAME_RE, stage_ref
 from cleftgan_hpc.jobspec.stages import KINDS
@@ -243,8 +244,9 @@ def parse_spec(
     if reader.problems:
         raise SpecError(reader.problems)
 
+    problems = expand_grids(data, reader.pos, file)
     base = base_dir or Path.cwd()
-    problems = check_graph(data, reader.pos, file)
+    problems += check_graph(data, reader.pos, file)
     try:
         spec = JobSpec.model_validate(data, context={"base_dir": base})
     except ValidationError as exc:
@@ -304,7 +306,7 @@ def check_graph(data: Any, pos: Positions, file: str) -> list[SpecProblem]:
 
     names = list(stages)
     for name, stage in stages.items():
-        if not NAME_RE.match(name):
+        if not NAME_RE.match(name) and not INSTANCE_RE.match(name):
             add(("stages", name), f"bad stage name {name!r}: start with a letter; letters, digits, '-', '_'", key=True)
         for dep, where in raw_dependencies(stage):
             loc = ("stages", name, *where)
@@ -515,6 +517,25 @@ def _unique(problems: list[SpecProblem]) -> list[SpecProblem]:
                 prev.message = f"Input should be {a[0]}, or {b[0]}{b[1]}"
                 continue
         out.append(p)
+    return _one_per_grid(out)
+
+
+def _one_per_grid(problems: list[SpecProblem]) -> list[SpecProblem]:
+    """One line for a problem every combination of a grid shares (same place, same message)."""
+    out: list[SpecProblem] = []
+    seen: dict[tuple[int, int, str, str], list] = {}
+    for p in problems:
+        general = re.sub(r"\[[^\]]*\]", "[*]", p.field)
+        key = (p.line, p.col, general, p.message)
+        if general != p.field and key in seen:
+            seen[key][1] += 1
+            continue
+        seen[key] = [p, 1]
+        out.append(p)
+    for p, count in seen.values():
+        if count > 1:
+            p.field = re.sub(r"\[[^\]]*\]", "[*]", p.field)
+            p.message += f" (in {count} combinations of the grid)"
     return out
 
 

@@ -37,8 +37,10 @@ LocalPath = Annotated[Path, AfterValidator(_local_path)]
 
 def _input(value: str, info: ValidationInfo) -> str:
     if value.startswith("stage:"):
-        name, _, output = value[len("stage:"):].partition(".")
-        if not NAME_RE.match(name) or (output and not re.fullmatch(r"[a-z_]+", output)):
+        from cleftgan_hpc.jobspec.grid import INSTANCE_RE
+
+        name, output = stage_ref(value)  # type: ignore[misc]
+        if not (NAME_RE.match(name) or INSTANCE_RE.match(name)) or (output and not re.fullmatch(r"[a-z_]+", output)):
             raise ValueError(f"bad stage reference {value!r}: expected stage:NAME or stage:NAME.OUTPUT")
         return value
     if value.startswith("store:"):
@@ -61,11 +63,14 @@ the job's store) or ``stage:NAME[.OUTPUT]`` (what an earlier stage of the same r
 
 
 def stage_ref(value: str) -> tuple[str, str | None] | None:
-    """(stage, output) when ``value`` is a stage reference, else None."""
+    """(stage, output) when ``value`` is a stage reference, else None. A grid instance's name
+    holds its values in brackets, dots included: ``stage:train[0.6,bgc].network``."""
     if not value.startswith("stage:"):
         return None
-    name, _, output = value[len("stage:"):].partition(".")
-    return name, (output or None)
+    body = value[len("stage:"):]
+    split = body.find("]") + 1 if "[" in body.split(".", 1)[0] else 0
+    name, _, output = body[split:].partition(".")
+    return body[:split] + name, (output or None)
 
 
 class Strict(BaseModel):

@@ -14,12 +14,13 @@ from cleftgan_hpc.jobspec.kinds.demo_data import DemoDataStage
 from cleftgan_hpc.jobspec.kinds.evaluate import EvaluateStage
 from cleftgan_hpc.jobspec.kinds.finetune import AugmentOp, FinetuneStage, RandomNetwork
 from cleftgan_hpc.jobspec.kinds.preprocess import PreprocessStage
+from cleftgan_hpc.jobspec.kinds.severity import SeverityStage
 from cleftgan_hpc.jobspec.kinds.sweep import SweepStage
 from cleftgan_hpc.jobspec.kinds.synthesize import SynthesizeStage
 from cleftgan_hpc.jobspec.models import StageBase
 
 AnyStage = Annotated[
-    PreprocessStage | DemoDataStage | FinetuneStage | SweepStage | SynthesizeStage | EvaluateStage,
+    PreprocessStage | DemoDataStage | FinetuneStage | SweepStage | SynthesizeStage | EvaluateStage | SeverityStage,
     Field(discriminator="kind"),
 ]
 
@@ -30,9 +31,10 @@ KINDS: dict[str, type[StageBase]] = {
     "sweep": SweepStage,
     "synthesize": SynthesizeStage,
     "evaluate": EvaluateStage,
+    "severity": SeverityStage,
 }
 
 __all__ = [
     "AnyStage", "AugmentOp", "DemoDataStage", "EvaluateStage", "FinetuneStage", "KINDS", "PreprocessStage",
-    "RandomNetwork", "SweepStage", "SynthesizeStage",
+    "RandomNetwork", "SeverityStage", "SweepStage", "SynthesizeStage",
 ]

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from cleftgan_hpc.context import StageContext
@@ -21,6 +22,7 @@ from cleftgan_hpc.data.dataset import open_dataset
 from cleftgan_hpc.errors import CleftGanError
 from cleftgan_hpc.jobspec.models import config_digest
 from cleftgan_hpc.jobspec.stages import FinetuneStage
+from cleftgan_hpc.seeds import derive_seed
 from cleftgan_hpc.training import distributed
 from cleftgan_hpc.training.loop import train
 from cleftgan_hpc.training.recipe import R1_INTERVAL, AdamSettings, Recipe, schedule
@@ -94,7 +96,8 @@ def make_recipe(cfg: FinetuneStage, device_type: str = "cpu", world_size: int | 
 def load_data(cfg: FinetuneStage, ctx: StageContext) -> tuple[TrainData, dict[str, Any], Path]:
     path = ctx.fetch(cfg.dataset)
     ds = open_dataset(path)
-    images = torch.from_numpy(ds.array("NCHW").copy())  # [N, C, H, W] uint8
+    picked = subset(len(ds), cfg.max_images, cfg.subset_seed, cfg.dataset)
+    images = torch.from_numpy(ds.array("NCHW")[picked].copy())  # [N, C, H, W] uint8
     labels = None
     if cfg.conditional:
         if ds.labels is None:
@@ -105,19 +108,37 @@ def load_data(cfg: FinetuneStage, ctx: StageContext) -> tuple[TrainData, dict[st
             labels = torch.nn.functional.one_hot(torch.from_numpy(ds.labels), int(ds.labels.max()) + 1).float()
         else:
             labels = torch.from_numpy(ds.labels.reshape(len(ds), -1)).float()
+        labels = labels[torch.from_numpy(picked)]
     kwargs = {
         "path": cfg.dataset,
         "resolution": ds.resolution,
-        "max_size": len(ds),
+        "max_size": len(picked),
         "use_labels": cfg.conditional,
         "xflip": cfg.mirror,
     }
+    if cfg.max_images is not None:  # which images, for anyone reading the outputs later
+        kwargs.update(subset_of=len(ds), subset_seed=cfg.subset_seed)
+        names = [ds.names[i] for i in picked]
+        ctx.store.put_json(ctx.key("subset.json"), {"of": len(ds), "seed": cfg.subset_seed, "images": names})
     ctx.log.info(
-        f"dataset {path.name}: {len(ds)} images at {ds.resolution}x{ds.resolution}, "
+        f"dataset {path.name}: {len(picked)}{f' of {len(ds)}' if len(picked) != len(ds) else ''} images at "
+        f"{ds.resolution}x{ds.resolution}, "
         f"{'labels ' + str(tuple(labels.shape[1:])) if labels is not None else 'no labels'}, "
         f"mirror {'on' if cfg.mirror else 'off'}"
     )
     return TrainData(images, labels, cfg.mirror), kwargs, path
+
+
+def subset(count: int, max_images: int | None, seed: int, what: str) -> np.ndarray:
+    """Indices of the training images: all, or ``max_images`` of them picked by ``seed`` alone
+    (sorted, so the subset of a larger max_images with the same seed is not a superset: each
+    size is its own draw, as the paper's 250 and 450)."""
+    if max_images is None:
+        return np.arange(count)
+    if max_images > count:
+        raise CleftGanError(f"max_images {max_images} is more than the {count} images of {what}")
+    order = np.random.RandomState(derive_seed("subset", seed, max_images) % 2**32).permutation(count)
+    return np.sort(order[:max_images])
 
 
 def build_networks(

@@ -260,3 +260,18 @@ stages:
     again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "resumed from step" in again.stdout
+
+
+def test_max_images_trains_on_a_recorded_subset(tiny_dataset: Path, tmp_path: Path, make_ctx) -> None:
+    import json
+
+    from cleftgan_hpc.model import load_network
+
+    ctx = make_ctx(tmp_path)
+    out = finetune.run(config(tiny_dataset, max_images=5, subset_seed=2, kimg=0.008, augment="none",
+                              augment_p=None), ctx)
+    record = json.loads((tmp_path / "store" / ctx.key("subset.json")).read_text())
+    assert record["of"] == 12 and record["seed"] == 2 and len(record["images"]) == 5
+    assert record["images"] == sorted(record["images"])
+    kwargs = load_network(tmp_path / "store" / out["network"]).training_set_kwargs
+    assert (kwargs["max_size"], kwargs["subset_of"], kwargs["subset_seed"]) == (5, 12, 2)

@@ -8,6 +8,7 @@ from pydantic import Field, model_validator
 
 from cleftgan_hpc.errors import FieldError
 from cleftgan_hpc.jobspec.kinds.finetune import ExtractorInput, input_or
+from cleftgan_hpc.jobspec.kinds.severity import SeverityIndexOptions
 from cleftgan_hpc.jobspec.kinds.synthesize import MAX_SEED
 from cleftgan_hpc.jobspec.models import Input, StageBase, Strict
 
@@ -44,12 +45,20 @@ class DISHOptions(Strict):
         "generated) with smoothing; hellinger: Hellinger distance (0..1); tv: total variation (0..1).",
     )
     smoothing: float = Field(1e-6, ge=0, le=1, description="Added to every bin before kl (keeps it finite).")
+    images: int | None = Field(
+        None, ge=2, le=500_000, description="Generated images scored (the first of num_images). Default: all "
+        "num_images with a severity_model; 1000 with the severity index (normal_network), whose every score "
+        "costs hundreds of generator passes."
+    )
 
     @model_validator(mode="after")
     def _range_ordered(self) -> DISHOptions:
         if self.range is not None and not self.range[0] < self.range[1]:
             raise ValueError(f"range must be [low, high] with low < high, got {list(self.range)}")
         return self
+
+
+DEFAULT_INDEX_IMAGES = 1000  # generated images the severity index scores for DISH unless dish.images says
 
 
 class EvaluateStage(StageBase):
@@ -82,6 +91,14 @@ class EvaluateStage(StageBase):
         None, description="For dish: a TorchScript cleft-severity scorer, uint8 images [N, 3, H, W] -> scores [N]; "
         "'demo' uses our toy scorer for the demo faces (not a clinical model)."
     )
+    normal_network: Input | None = Field(
+        None, description="For dish, instead of severity_model: a generator of normal faces (e.g. the FFHQ network "
+        "the fine-tune starts from); DISH then scores faces with the severity index (see the severity stage), using "
+        "`lpips` for its perceptual losses when given. The real set's scores are cached in the store."
+    )
+    severity_index: SeverityIndexOptions = Field(
+        default_factory=SeverityIndexOptions, description="The severity index's options (with normal_network)."
+    )
     ppl: PPLOptions = Field(default_factory=PPLOptions, description="PPL options.")
     dish: DISHOptions = Field(default_factory=DISHOptions, description="DISH options.")
     kid_subsets: int = Field(100, ge=1, le=10_000, description="KID: random subsets averaged.")
@@ -96,6 +113,7 @@ class EvaluateStage(StageBase):
     reusable_changes: ClassVar[frozenset[str]] = frozenset({
         "network", "dataset", "metrics", "num_images", "first_seed", "truncation_psi", "feature_extractor", "lpips",
         "severity_model", "ppl", "dish", "kid_subsets", "kid_subset_size", "batch", "seed", "save_every_s",
+        "normal_network", "severity_index",
     })
     outputs: ClassVar[dict[str, str]] = {"metrics": "metrics.json", "report": "report.png"}
     default_output: ClassVar[str] = "metrics"
@@ -104,10 +122,25 @@ class EvaluateStage(StageBase):
     def _models_for_metrics(self) -> EvaluateStage:
         needs = {"fid": "feature_extractor", "kid": "feature_extractor", "ppl": "lpips", "dish": "severity_model"}
         for i, metric in enumerate(self.metrics):
+            if metric == "dish" and self.normal_network is not None:
+                continue  # the severity index scores the faces
             if getattr(self, needs[metric]) is None:
+                also = " or normal_network (a normal-face generator: the severity index)" if metric == "dish" else ""
                 raise FieldError(
-                    f"metric {metric!r} needs {needs[metric]} (a TorchScript file, or 'demo')", "metrics", i
+                    f"metric {metric!r} needs {needs[metric]} (a TorchScript file, or 'demo'){also}", "metrics", i
                 )
+        if self.severity_model is not None and self.normal_network is not None:
+            raise FieldError("give severity_model or normal_network for dish, not both", "normal_network")
         if len(set(self.metrics)) != len(self.metrics):
             raise FieldError(f"metrics lists a metric twice: {self.metrics}", "metrics")
+        if self.dish.images is not None and self.dish.images > self.num_images:
+            raise FieldError(f"dish.images {self.dish.images} is more than num_images {self.num_images}", "dish",
+                             "images")
         return self
+
+    @property
+    def dish_images(self) -> int:
+        """Generated images scored for DISH."""
+        if self.dish.images is not None:
+            return self.dish.images
+        return min(self.num_images, DEFAULT_INDEX_IMAGES) if self.normal_network is not None else self.num_images

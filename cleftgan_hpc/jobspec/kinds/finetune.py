@@ -89,6 +89,12 @@ class FinetuneSettings(Strict):
     freeze_d: int = Field(
         0, ge=0, le=64, description="Freeze the first N discriminator layers (10 or 13 for transfer)."
     )
+    max_images: int | None = Field(
+        None, ge=1, le=100_000_000,
+        description="Train on a seeded subset of this many dataset images (the paper's ablation: 250, 450, all "
+        "514); null: all. The same subset on every rank, resume and machine; its list is saved as subset.json.",
+    )
+    subset_seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed that picks the max_images subset.")
     mirror: bool = Field(True, description="Add x-flipped copies of the dataset.")
     conditional: bool = Field(
         False, description="Condition on the dataset's labels (integer classes one-hot, floats as given)."

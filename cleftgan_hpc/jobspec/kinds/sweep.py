@@ -55,6 +55,8 @@ UNSEARCHABLE = {
     "keep_checkpoints": "it changes nothing learnt",
     "gpus": "trial_resources sets it",
     "processes": "a trial is one process",
+    "max_images": "trials on different subsets are not comparable; put the sweep in a grid instead",
+    "subset_seed": "trials on different subsets are not comparable",
 }
 
 
