@@ -89,8 +89,30 @@ def expand_grids(data: dict[str, Any], positions: Any, file: str) -> list[SpecPr
                 positions.values[("stages", inst, key)] = where
                 positions.keys[("stages", inst, key)] = positions.of(("stages", name, GRID_KEY, key), key=True)
     _fan_out(out, suffixes, positions, problem)
+    _gather(out, suffixes)
     data["stages"] = out
     return problems
+
+
+def _gather(stages: dict[str, Any], suffixes: dict[str, list[str]]) -> None:
+    """A gathering kind (compare) depends on every instance of the stage it names."""
+    from cleftgan_hpc.jobspec.stages import KINDS
+
+    for stage in stages.values():
+        kind = KINDS.get(stage.get("kind")) if isinstance(stage, dict) else None
+        field = kind.gathers if kind is not None else None
+        target = stage.get(field) if field else None
+        if not isinstance(target, str):
+            continue
+        needs = stage.get("needs") if isinstance(stage.get("needs"), list) else []
+        expanded: list[Any] = []
+        for n in [*needs, target]:
+            # a stored spec is already expanded: its instances are the stages named after the target
+            instances = [x for x in stages if base_name(x) == n and x != n] if isinstance(n, str) else []
+            for one in instances or [n]:
+                if one not in expanded:
+                    expanded.append(one)
+        stage["needs"] = expanded
 
 
 def values_index(options: list[Any], value: Any) -> int:
@@ -134,6 +156,13 @@ def _copy_positions(positions: Any, src: Loc, dst: Loc) -> None:
                 table[dst + loc[n:]] = where
 
 
+def _gathers(stage: dict[str, Any]) -> bool:
+    from cleftgan_hpc.jobspec.stages import KINDS
+
+    kind = KINDS.get(stage.get("kind"))
+    return kind is not None and kind.gathers is not None
+
+
 def _references(stage: dict[str, Any]) -> list[tuple[str, Loc, str]]:
     """(referenced stage, where, how it is written) for the stage: inputs and needs of a raw stage."""
     refs: list[tuple[str, Loc, str]] = []
@@ -158,6 +187,8 @@ def _fan_out(stages: dict[str, Any], suffixes: dict[str, list[str]], positions: 
             if not isinstance(stage, dict):
                 continue
             grids = {t for t, _, _ in _references(stage) if t in suffixes}
+            if grids and _gathers(stage):
+                continue  # it depends on every instance (see _gather), it does not fan out
             if not grids:
                 continue
             sets = {tuple(suffixes[g]) for g in grids}

@@ -383,6 +383,9 @@ class StageBase(Strict):
     """Slurm: one task per GPU, each a data-parallel rank (otherwise one task per job)."""
     ray_cluster: ClassVar[bool] = False
     """Slurm: the job starts a Ray cluster across its nodes before the stage runs."""
+    gathers: ClassVar[str | None] = None
+    """The field naming a stage whose grid instances this stage reads all at once (it depends on
+    every instance instead of fanning out with them); None: an ordinary stage."""
 
     @property
     def world_size(self) -> int:
