@@ -16,10 +16,12 @@ def cli(*args: str, cwd: Path = REPO, env: dict[str, str] | None = None) -> subp
 
 
 def test_validate_shipped_jobs() -> None:
-    for job in ("jobs/demo.yaml", "jobs/cleftgan.yaml"):
+    for job in ("jobs/demo.yaml", "jobs/cleftgan.yaml", "jobs/paper.yaml", "jobs/paper-small.yaml"):
         out = cli("validate", job)
         assert out.returncode == 0, out.stderr
         assert f"{job}: ok" in out.stdout
+    paper = cli("validate", "jobs/paper.yaml").stdout  # the paper's table: 2 networks x 4 augmentations x 3 sizes
+    assert paper.count("train[") == paper.count("score[") == 24 and "table" in paper and "tune" in paper
 
 
 def test_validate_bad_spec_prints_positions_not_a_traceback(tmp_path: Path) -> None:

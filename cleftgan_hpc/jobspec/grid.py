@@ -37,8 +37,10 @@ INSTANCE_RE = re.compile(r"^([A-Za-z][A-Za-z0-9_-]{0,62})\[([A-Za-z0-9_.+,-]{1,2
 
 
 def slug(value: Any) -> str:
-    """A grid value as it appears in an instance name."""
+    """A grid value as it appears in an instance name (a path by its file name, without extension)."""
     text = "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+    if isinstance(value, str) and "/" in value:
+        text = value.rstrip("/").rsplit("/", 1)[-1].split(".", 1)[0] or text
     return _SLUG.sub("-", text) or "-"
 
 
