@@ -23,7 +23,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -31,21 +30,11 @@ import time
 
 import torch
 import torch.nn.functional as F
+from machine import cpu_name  # benchmarks/machine.py, beside this script
 
 from cleftgan_hpc.model import Discriminator, Generator, ops
 
 MIB = 2**20
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def rss_bytes() -> int:

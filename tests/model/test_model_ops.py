@@ -172,7 +172,8 @@ def test_bessel_j1_values() -> None:
 # -- the memory-lean autograd path -------------------------------------------------------------------
 
 from cleftgan_hpc.model.ops import lean_autograd  # noqa: E402
-from cleftgan_hpc.model.ops.lean import pack_bits, unpack_bits, upfirdn2d_adjoint  # noqa: E402
+from cleftgan_hpc.model.ops.lean import pack_bits, unpack_bits  # noqa: E402
+from cleftgan_hpc.model.ops.upfirdn2d import upfirdn2d_transpose  # noqa: E402
 
 
 def test_pack_bits_round_trip() -> None:
@@ -182,15 +183,16 @@ def test_pack_bits_round_trip() -> None:
     assert torch.equal(unpack_bits(packed, mask.shape), mask)
 
 
-@pytest.mark.parametrize("case", UPFIRDN_CASES, ids=[str(i) for i in range(len(UPFIRDN_CASES))])
-def test_upfirdn2d_adjoint_is_the_transpose(case) -> None:
+@pytest.mark.parametrize("case", [*UPFIRDN_CASES, (12, True, 2, 2, (3, 2, 5, 4), False, 1.0)],
+                         ids=[str(i) for i in range(len(UPFIRDN_CASES) + 1)])
+def test_upfirdn2d_transpose_is_the_adjoint(case) -> None:
     """<upfirdn2d(x), g> == <x, adjoint(g)> for every configuration the network uses."""
     taps, radial, up, down, padding, flip, gain = case
     f = _lowpass(taps, radial).double() if taps > 1 else torch.ones([1], dtype=torch.float64)
     x = torch.randn(2, 3, 17, 15, dtype=torch.float64)
     y = upfirdn2d(x, f, up=up, down=down, padding=padding, flip_filter=flip, gain=gain)
     g = torch.randn_like(y)
-    back = upfirdn2d_adjoint(g, f, (17, 15), up, down, padding, flip_filter=flip, gain=gain)
+    back = upfirdn2d_transpose(g, (17, 15), f, up, down, padding, flip_filter=flip, gain=gain)
     assert back.shape == x.shape
     assert torch.allclose((y * g).sum(), (x * back).sum(), rtol=1e-10)
 
@@ -236,3 +238,21 @@ def test_lean_path_keeps_codes_not_upsampled_values() -> None:
 
     lean, composite = saved_bytes(True), saved_bytes(False)
     assert lean * 8 < composite, (lean, composite)
+
+
+def test_lean_path_double_backward_gradcheck() -> None:
+    """The lean functions' backward is itself differentiable (gradcheck and gradgradcheck)."""
+    torch.manual_seed(2)
+    fu, fd = _double(_lowpass(4)), _double(_lowpass(4, radial=True))
+    x = torch.randn(1, 2, 5, 5, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(2, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(2, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    s = (torch.rand(1, 2, dtype=torch.float64) + 0.5).requires_grad_(True)
+    checks = [
+        (lambda t, bb: filtered_lrelu(t, fu, fd, bb, up=2, down=2, padding=(2, 1, 2, 1), clamp=1.5), (x, b)),
+        (lambda t, ww, ss: fast_modconv(t, ww, ss, demodulate=True, padding=1), (x, w, s)),
+    ]
+    with lean_autograd(True):
+        for fn, inputs in checks:
+            assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-5)
+            assert torch.autograd.gradgradcheck(fn, inputs, eps=1e-6, atol=1e-4)

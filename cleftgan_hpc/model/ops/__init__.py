@@ -131,7 +131,8 @@ def op_paths() -> list[tuple[str, str]]:
     """(op, the path it runs here and why) for `cleftgan-hpc doctor`: no compiled kernel is
     built yet, so every op runs as PyTorch ops on every device (CPU and CUDA alike)."""
     lean = _lean_flag.get()
-    grad = "memory-lean autograd" if lean else "autograd over the composite ops (lean path switched off)"
+    grad = ("autograd over the composite ops (lean path switched off)" if lean is False else "memory-lean autograd"
+            + ("" if lean else " (on the CPU for intermediates of 32 MiB and more; always on a GPU)"))
     why = "no compiled kernel for this op yet"
     return [
         ("filtered_lrelu", f"PyTorch polyphase convolutions; {grad}: a 1-2 bit code per upsampled value "

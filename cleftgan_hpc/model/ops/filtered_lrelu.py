@@ -39,9 +39,10 @@ def _filtered_lrelu_whole(
     gain: float,
     slope: float,
     clamp: float | None,
+    lean: bool = False,
 ) -> torch.Tensor:
-    """The op on one chunk."""
-    if use_lean(x, b) and not (fu is not None and fu.requires_grad or fd is not None and fd.requires_grad):
+    """The op on one chunk (``lean``: through LeanFilteredLReLU)."""
+    if lean:
         return lean_filtered_lrelu(x, fu, fd, b, up, down, padding, gain, slope, clamp)
     if b is not None:
         x = x + b.to(x.dtype).reshape(1, -1, 1, 1)
@@ -72,6 +73,7 @@ def filtered_lrelu(
     gain: float = math.sqrt(2),  # gain after the activation (must be > 0)
     slope: float = 0.2,  # leaky ReLU slope (> 0)
     clamp: float | None = None,  # clamp after gain
+    lean: bool | None = None,  # the lean autograd path; None: decided here (see lean.use_lean)
 ) -> torch.Tensor:
     """Same result as `reference.ref_filtered_lrelu`.
 
@@ -80,10 +82,14 @@ def filtered_lrelu(
     tensor of the network.
     """
     args = (fu, fd)
-    kw = dict(up=up, down=down, padding=padding, gain=gain, slope=slope, clamp=clamp)
     n, c, h, w = x.shape
     px0, px1, py0, py1 = padding
     per_channel = max(1, (h * up + py0 + py1) * (w * up + px0 + px1)) * x.element_size()
+    constant_filters = not (fu is not None and fu.requires_grad or fd is not None and fd.requires_grad)
+    if lean is None:  # decided for the whole op, not per chunk
+        lean = use_lean(x, b, nbytes=n * c * per_channel)
+    lean = lean and constant_filters
+    kw = dict(up=up, down=down, padding=padding, gain=gain, slope=slope, clamp=clamp, lean=lean)
     if n * c * per_channel <= CHUNK_BYTES or (fu is None and fd is None) or x.device.type != "cpu":
         return _filtered_lrelu_whole(x, *args, b, **kw)
     if c * per_channel <= CHUNK_BYTES:  # whole samples per chunk

@@ -7,8 +7,8 @@ activation's result: at 1024x1024 about 13.5 GB per image, mostly upsampled valu
 
 - ``LeanFilteredLReLU`` keeps one bit per upsampled value (its sign), two where a clamp is
   set (sign, clamped), packed into bytes: the activation's derivative is all backward needs,
-  since upsampling and downsampling are linear. Backward runs the adjoint filters:
-  down^T -> mask -> up^T, the same arithmetic autograd would do.
+  since upsampling and downsampling are linear. Backward runs their transposes
+  (upfirdn2d_transpose: the kernels autograd would run) around the mask: down^T -> mask -> up^T.
 - ``ModulatedConv`` keeps the unmodulated input and the styles, and modulates again in
   backward (one multiply) instead of keeping the modulated copy.
 
@@ -22,20 +22,28 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import math
+import sys
 from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 
-from .upfirdn2d import Padding, upfirdn2d
+from .upfirdn2d import Padding, upfirdn2d, upfirdn2d_transpose
 
-_enabled: contextvars.ContextVar[bool] = contextvars.ContextVar("cleftgan_lean_autograd", default=True)
+_enabled: contextvars.ContextVar[bool | None] = contextvars.ContextVar("cleftgan_lean_autograd", default=None)
+
+LEAN_MIN_BYTES_CPU = 32 * 2**20
+"""On the CPU the lean path costs time (packing and unpacking codes: about 1.4x the op's time,
+measured on an Intel Xeon here), so by default it is taken only where the memory it saves is
+large: an op whose biggest intermediate reaches this size (the 256+ resolutions). On a GPU,
+where memory caps the batch, it is always taken."""
 
 
 @contextlib.contextmanager
-def lean_autograd(enabled: bool = True) -> Iterator[None]:
+def lean_autograd(enabled: bool | None = True) -> Iterator[None]:
     """Within this block (this thread / context), grad-enabled synthesis layers use the lean
-    functions (the default) or, with ``enabled=False``, plain autograd over the composite ops."""
+    functions (True), plain autograd over the composite ops (False), or the default choice
+    (None: always on a GPU, on the CPU for large intermediates only)."""
     token = _enabled.set(enabled)
     try:
         yield
@@ -43,68 +51,47 @@ def lean_autograd(enabled: bool = True) -> Iterator[None]:
         _enabled.reset(token)
 
 
-def use_lean(*tensors: torch.Tensor | None) -> bool:
-    """Whether an op on these tensors should take the lean path: autograd will need it, and it is on."""
-    return _enabled.get() and torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+def use_lean(*tensors: torch.Tensor | None, nbytes: int = 0) -> bool:
+    """Whether an op on these tensors, whose largest intermediate is ``nbytes``, takes the lean
+    path: autograd will need it, and it is on (or, by default, worth it here)."""
+    if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)):
+        return False
+    choice = _enabled.get()
+    if choice is not None:
+        return choice
+    device = next(t.device for t in tensors if t is not None)
+    return device.type != "cpu" or nbytes >= LEAN_MIN_BYTES_CPU
 
 
 # -- sign/clamp codes, packed --------------------------------------------------------------------
 
-_SHIFTS = (1, 2, 4, 8, 16, 32, 64, 128)
+# Eight 0/1 bytes read as one little-endian int64 gather into its top byte when multiplied by
+# this (byte i lands on bit 56 + i, and no two products meet there); the other way, a byte
+# repeated eight times and masked keeps bit i in byte i. One pass each way, not eight.
+_GATHER = 0x0102040810204080
+_SPREAD_MASK = 0x8040201008040201 - (1 << 64)  # as a signed int64
 
 
 def pack_bits(mask: torch.Tensor) -> torch.Tensor:
-    """A bool tensor as uint8 bytes, 8 values a byte (zero-padded to a multiple of 8)."""
+    """A bool tensor as uint8 bytes, 8 values a byte (bit i of byte k is value 8k + i)."""
     flat = mask.reshape(-1)
     pad = (-flat.numel()) % 8
-    if pad:
+    if pad or flat.storage_offset() % 8:
         flat = torch.cat([flat, flat.new_zeros(pad)])
-    groups = flat.view(-1, 8).to(torch.uint8)
-    out = groups[:, 0].clone()
-    for i in range(1, 8):
-        out.bitwise_or_(groups[:, i] * _SHIFTS[i])  # distinct bits: OR never carries
-    return out
+    if sys.byteorder != "little":  # the int64 trick reads bytes in little-endian order
+        groups = flat.view(-1, 8).to(torch.uint8)
+        return sum((groups[:, i] << i for i in range(8)), torch.zeros_like(groups[:, 0]))
+    return ((flat.view(torch.uint8).view(torch.int64) * _GATHER) >> 56).to(torch.uint8)
 
 
 def unpack_bits(packed: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     """The bool tensor of ``shape`` that ``pack_bits`` packed."""
     n = math.prod(shape)
-    bits = torch.stack([(packed & s) != 0 for s in _SHIFTS], dim=1).reshape(-1)
-    return bits[:n].reshape(shape)
-
-
-# -- the adjoint of upfirdn2d --------------------------------------------------------------------
-
-
-def upfirdn2d_adjoint(
-    grad: torch.Tensor,  # [N, C, outH, outW]: a gradient w.r.t. upfirdn2d's output
-    f: torch.Tensor | None,
-    in_size: tuple[int, int],  # (inH, inW) of the forward input
-    up: int,
-    down: int,
-    padding: Padding,
-    flip_filter: bool = False,
-    gain: float = 1.0,
-) -> torch.Tensor:
-    """The gradient w.r.t. upfirdn2d's input: upfirdn2d is linear, and its transpose is another
-    upfirdn2d with up and down swapped, the filter mirrored and the padding moved to where the
-    forward's support ends."""
-    px0, px1, py0, py1 = padding
-    in_h, in_w = in_size
-    out_h, out_w = grad.shape[2], grad.shape[3]
-    if f is None:
-        fh = fw = 1
-    elif f.ndim == 1:
-        fh = fw = f.numel()
-    else:
-        fh, fw = f.shape
-    pad = (
-        fw - px0 - 1,
-        in_w * up - out_w * down + px0 - up + 1,
-        fh - py0 - 1,
-        in_h * up - out_h * down + py0 - up + 1,
-    )
-    return upfirdn2d(grad, f, up=down, down=up, padding=pad, flip_filter=not flip_filter, gain=gain)
+    if sys.byteorder != "little":
+        bits = torch.stack([(packed >> i) & 1 != 0 for i in range(8)], dim=1).reshape(-1)
+        return bits[:n].reshape(shape)
+    spread = (packed.to(torch.int64) * 0x0101010101010101).bitwise_and_(_SPREAD_MASK)
+    return (spread.view(torch.uint8) != 0)[:n].reshape(shape)
 
 
 # -- filtered leaky ReLU ---------------------------------------------------------------------------
@@ -140,14 +127,19 @@ class LeanFilteredLReLU(torch.autograd.Function):
         # leaky ReLU's derivative is slope where u <= 0 (torch's convention at 0, kept exactly)
         codes = [pack_bits(u <= 0)] if slope != 1 else []
         u = F.leaky_relu_(u, slope) if owned else F.leaky_relu(u, slope)
+        clamped = False
         if clamp is not None and clamp >= 0:
             bound = clamp / gain
-            outside = u.abs() > bound  # clamp's derivative is 1 on the bounds, 0 beyond them
-            codes.append(pack_bits(outside))
-            u = u.clamp_(-bound, bound)
+            # on the CPU one read tells whether the clamp changes anything (then no code is
+            # needed); on a GPU that read would wait for the device, so the code is always kept
+            lo, hi = torch.aminmax(u) if u.device.type == "cpu" else (None, None)
+            if lo is None or lo < -bound or hi > bound:
+                codes.append(pack_bits(u.abs() > bound))  # clamp's derivative: 1 up to the bounds, 0 beyond
+                u = u.clamp_(-bound, bound)
+                clamped = True
         out = upfirdn2d(u, fd, down=down, gain=gain) if fd is not None or down != 1 else u * gain
         ctx.save_for_backward(*codes, fu, fd)
-        ctx.has_slope, ctx.has_clamp = slope != 1, clamp is not None and clamp >= 0
+        ctx.has_slope, ctx.has_clamp = slope != 1, clamped
         ctx.u_shape, ctx.in_size, ctx.has_bias = u.shape, (x.shape[2], x.shape[3]), b is not None
         ctx.up, ctx.down, ctx.padding, ctx.gain, ctx.slope = up, down, padding, gain, slope
         return out
@@ -156,17 +148,17 @@ class LeanFilteredLReLU(torch.autograd.Function):
     def backward(ctx: torch.autograd.function.FunctionCtx, grad_out: torch.Tensor):  # noqa: ANN205
         *codes, fu, fd = ctx.saved_tensors
         if fd is not None or ctx.down != 1:
-            g = upfirdn2d_adjoint(grad_out, fd, tuple(ctx.u_shape[2:]), 1, ctx.down, (0, 0, 0, 0), gain=ctx.gain)
+            g = upfirdn2d_transpose(grad_out, tuple(ctx.u_shape[2:]), fd, 1, ctx.down, gain=ctx.gain)
         else:
             g = grad_out * ctx.gain
         codes = list(codes)
-        if ctx.has_slope:
-            negative = unpack_bits(codes.pop(0), ctx.u_shape)
-            g = torch.where(negative, g * ctx.slope, g)
+        if ctx.has_slope:  # the derivative of leaky ReLU: slope where u <= 0, else 1
+            scale = unpack_bits(codes.pop(0), ctx.u_shape).to(g.dtype).mul_(ctx.slope - 1).add_(1)
+            g = g * scale
         if ctx.has_clamp:
             g = g.masked_fill(unpack_bits(codes.pop(0), ctx.u_shape), 0)
         if fu is not None or ctx.up != 1 or any(ctx.padding):
-            g = upfirdn2d_adjoint(g, fu, ctx.in_size, ctx.up, 1, ctx.padding, gain=ctx.up**2)
+            g = upfirdn2d_transpose(g, ctx.in_size, fu, ctx.up, 1, ctx.padding, gain=ctx.up**2)
         grad_b = g.sum([0, 2, 3]) if ctx.has_bias and ctx.needs_input_grad[1] else None
         return g, grad_b, None, None, None, None, None, None, None, None
 

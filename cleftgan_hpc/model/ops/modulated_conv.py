@@ -26,7 +26,8 @@ def modulated_conv2d(
     """Same result as `reference.ref_modulated_conv2d` (+ bias), modulating activations."""
     if demodulate:
         styles = styles * styles.square().mean().rsqrt()
-    return _modconv_prenormalised(x, weight, styles, demodulate, padding, input_gain, bias)
+    lean = use_lean(x, styles, weight, nbytes=x.numel() * x.element_size())
+    return _modconv_prenormalised(x, weight, styles, demodulate, padding, input_gain, bias, lean)
 
 
 # Batch chunk size target (bytes of one chunk's convolution output) for the fused layer op.
@@ -64,12 +65,18 @@ def modulated_filtered_lrelu(
     o, k = weight.shape[0], weight.shape[-1]
     per_sample = o * (h + 2 * conv_padding - k + 1) * (w + 2 * conv_padding - k + 1) * x.element_size()
     step = max(1, LAYER_CHUNK_BYTES // max(1, per_sample)) if x.device.type == "cpu" else n  # a CPU concern
+    # decided for the whole layer (its chunks are small): by the input and by the upsampled tensor
+    lean = use_lean(x, styles, weight, nbytes=x.numel() * x.element_size())
+    px0, px1, py0, py1 = padding
+    h_out, w_out = h + 2 * conv_padding - k + 1, w + 2 * conv_padding - k + 1
+    upsampled = n * o * (h_out * up + py0 + py1) * (w_out * up + px0 + px1) * x.element_size()
+    lean_act = use_lean(x, styles, weight, bias, nbytes=upsampled)
     outs = []
     for i in range(0, n, step):
         y = _modconv_prenormalised(
-            x[i : i + step], weight, styles[i : i + step], demodulate, conv_padding, input_gain, bias
+            x[i : i + step], weight, styles[i : i + step], demodulate, conv_padding, input_gain, bias, lean
         )
-        outs.append(filtered_lrelu(y, fu, fd, None, up, down, padding, gain, slope, clamp))
+        outs.append(filtered_lrelu(y, fu, fd, None, up, down, padding, gain, slope, clamp, lean=lean_act))
     return outs[0] if len(outs) == 1 else torch.cat(outs)
 
 
@@ -81,8 +88,10 @@ def _modconv_prenormalised(
     padding: int,
     input_gain: torch.Tensor | None,
     bias: torch.Tensor | None,
+    lean: bool = False,
 ) -> torch.Tensor:
-    """modulated_conv2d for styles already normalised by their batch mean square."""
+    """modulated_conv2d for styles already normalised by their batch mean square (``lean``:
+    through ModulatedConv, which keeps x rather than its modulated copy for backward)."""
     n = x.shape[0]
     o, i, kh, kw = weight.shape
     if demodulate:
@@ -93,7 +102,7 @@ def _modconv_prenormalised(
             weight = weight * (1 / math.sqrt(i * kh * kw) / weight.abs().amax(dim=[1, 2, 3], keepdim=True))
             styles = styles / styles.abs().amax(dim=1, keepdim=True)
     scale = styles if input_gain is None else styles * input_gain.expand(n, i)
-    if use_lean(x, scale, weight):  # keep x, not its modulated copy, for backward
+    if lean:
         x = ModulatedConv.apply(x, scale.to(x.dtype), weight.to(x.dtype), padding)
     else:
         x = x * scale.to(x.dtype).reshape(n, i, 1, 1)

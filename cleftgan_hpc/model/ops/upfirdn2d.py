@@ -101,3 +101,92 @@ def upfirdn2d(
         return F.conv2d(x, w, stride=down, padding=px0, groups=c)
     x = F.pad(x, [px0, px1, py0, py1])
     return F.conv2d(x, w, stride=down, groups=c)
+
+
+# -- the transpose (the gradient w.r.t. the input), op for op --------------------------------------
+# upfirdn2d is linear in x; its gradient mirrors each step of the forward: a strided conv's is
+# the matching conv-input gradient, a transposed conv's is the plain conv with the same kernel,
+# a crop's is a pad, a subsampling's is zero insertion. The same kernels autograd would run,
+# without keeping anything from the forward but shapes.
+
+
+def _unslice(g: torch.Tensor, dims: tuple[int, ...], lengths: tuple[int, ...], step: int) -> torch.Tensor:
+    """The transpose of x[..., ::step] along ``dims`` (full lengths given): zeros between."""
+    shape = list(g.shape)
+    for d, n in zip(dims, lengths, strict=True):
+        shape[d] = n
+    out = g.new_zeros(shape)
+    index = [slice(None)] * g.ndim
+    for d in dims:
+        index[d] = slice(None, None, step)
+    out[tuple(index)] = g
+    return out
+
+
+def fir_axis_transpose(
+    g: torch.Tensor, length: int, f: torch.Tensor, dim: int, up: int = 1, down: int = 1, pad0: int = 0,
+    pad1: int = 0, flip_filter: bool = False,
+) -> torch.Tensor:
+    """The gradient of ``fir_axis`` w.r.t. its input (of ``length`` along ``dim``) for output gradient g."""
+    c, k = g.shape[1], f.numel()
+    if up > 1:
+        h = f if not flip_filter else f.flip(0)
+        stride = (up, 1) if dim == 2 else (1, up)
+        out_len = length * up + pad0 + pad1 - k + 1
+        start = k - 1 - pad0
+        end = (length - 1) * up + k - start - out_len
+        crop = max(0, min(start, end))
+        if down > 1:
+            g = _unslice(g, (dim,), (out_len,), down)
+        g = _pad_axis(g, dim, start - crop, end - crop)
+        padding = (crop, 0) if dim == 2 else (0, crop)
+        return F.conv2d(g, _depthwise(h, c, dim, g.dtype), stride=stride, padding=padding, groups=c)
+    w = _depthwise(f.flip(0) if not flip_filter else f, c, dim, g.dtype)
+    stride = (down, 1) if dim == 2 else (1, down)
+    shape = list(g.shape)
+    if pad0 == pad1 and pad0 >= 0:
+        shape[dim] = length
+        padding = (pad0, 0) if dim == 2 else (0, pad0)
+        return torch.nn.grad.conv2d_input(shape, w, g, stride=stride, padding=padding, groups=c)
+    shape[dim] = length + pad0 + pad1
+    g = torch.nn.grad.conv2d_input(shape, w, g, stride=stride, groups=c)
+    return _pad_axis(g, dim, -pad0, -pad1)
+
+
+def upfirdn2d_transpose(
+    g: torch.Tensor,  # [N, C, outH, outW] gradient of upfirdn2d's output
+    in_size: tuple[int, int],  # (inH, inW) of its input
+    f: torch.Tensor | None,
+    up: int = 1,
+    down: int = 1,
+    padding: Padding = (0, 0, 0, 0),
+    flip_filter: bool = False,
+    gain: float = 1.0,
+) -> torch.Tensor:
+    """The gradient of ``upfirdn2d`` w.r.t. its input, mirroring its steps (see above)."""
+    px0, px1, py0, py1 = padding
+    in_h, in_w = in_size
+    if f is None:
+        f = torch.ones([1], dtype=torch.float32, device=g.device)
+    if f.ndim == 1:
+        f = f * (gain**0.5)
+        g = fir_axis_transpose(g, in_h, f, 2, up, down, py0, py1, flip_filter)  # the forward's last step first
+        return fir_axis_transpose(g, in_w, f, 3, up, down, px0, px1, flip_filter)
+    c = g.shape[1]
+    f = (f * gain).to(g.dtype)
+    kh, kw = f.shape
+    if up > 1:
+        h = f if not flip_filter else f.flip([0, 1])
+        out_w, out_h = in_w * up + px0 + px1 - kw + 1, in_h * up + py0 + py1 - kh + 1
+        if down > 1:
+            g = _unslice(g, (2, 3), (out_h, out_w), down)
+        full_h, full_w = (in_h - 1) * up + kh, (in_w - 1) * up + kw  # the transposed conv's output
+        sx, sy = kw - 1 - px0, kh - 1 - py0
+        g = F.pad(g, [sx, full_w - sx - out_w, sy, full_h - sy - out_h])
+        return F.conv2d(g, h[None, None].expand(c, 1, kh, kw).contiguous(), stride=up, groups=c)
+    w = (f.flip([0, 1]) if not flip_filter else f)[None, None].expand(c, 1, kh, kw).contiguous()
+    if px0 == px1 == py0 == py1 and px0 >= 0:
+        return torch.nn.grad.conv2d_input([g.shape[0], c, in_h, in_w], w, g, stride=down, padding=px0, groups=c)
+    shape = [g.shape[0], c, in_h + py0 + py1, in_w + px0 + px1]
+    g = torch.nn.grad.conv2d_input(shape, w, g, stride=down, groups=c)
+    return F.pad(g, [-px0, -px1, -py0, -py1])
