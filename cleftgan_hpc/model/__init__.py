@@ -1,7 +1,7 @@
-"""StyleGAN3 networks of our own: generator, discriminator, ops, and safe loading of network files.
+"""StyleGAN3 and StyleGAN2 networks of our own: generators, discriminator, ops, and safe loading of network files.
 
     from cleftgan_hpc.model import load_network
-    net = load_network("stylegan3-t-ffhq-1024x1024.pkl")   # official pickle or our .safetensors
+    net = load_network("stylegan3-t-ffhq-1024x1024.pkl")   # official StyleGAN2/3 pickle or our .safetensors
     img = net.G_ema(z, None, truncation_psi=0.7)            # [N, 3, H, W], about [-1, 1]
 
 Names are imported lazily, so `cleftgan_hpc.model.commands` can be imported without torch.
@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from .discriminator import Discriminator
     from .generator import Generator
     from .loading import load_network
+    from .stylegan2 import StyleGAN2Generator
 
 _LAZY = {
     "Network": "checkpoint",
@@ -25,6 +26,7 @@ _LAZY = {
     "Discriminator": "discriminator",
     "Generator": "generator",
     "load_network": "loading",
+    "StyleGAN2Generator": "stylegan2",
 }
 
 
@@ -34,4 +36,12 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["Discriminator", "Generator", "Network", "load_checkpoint", "load_network", "save_checkpoint"]
+__all__ = [
+    "Discriminator",
+    "Generator",
+    "Network",
+    "StyleGAN2Generator",
+    "load_checkpoint",
+    "load_network",
+    "save_checkpoint",
+]

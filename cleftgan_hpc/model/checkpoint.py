@@ -2,7 +2,10 @@
 
 Tensors are named `G.<state-dict name>`, `D.<...>`, `G_ema.<...>`; the safetensors metadata holds
 `format` (= FORMAT), `version` and `config`: a JSON object with each network's constructor
-arguments (null when absent), `augment_p` and `training_set_kwargs`.
+arguments (null when absent), `augment_p`, `training_set_kwargs` and `architectures`, the class of
+each generator ("stylegan3" or "stylegan2"; absent, as in files written before StyleGAN2: stylegan3).
+A file holding a StyleGAN2 generator is version 2, so that a program older than StyleGAN2 support
+refuses it with "newer than this program"; StyleGAN3-only files stay version 1.
 """
 
 from __future__ import annotations
@@ -23,25 +26,32 @@ from ..errors import CleftGanError, NetworkFormatError
 from .discriminator import Discriminator
 from .generator import Generator
 from .limits import MAX_TENSOR_DIMS, one_line, quoted
-from .official_pickle import MALFORMED_ERRORS, build_network, copy_tensors, to_python
+from .official_pickle import GENERATOR_ARCHITECTURES, MALFORMED_ERRORS, build_network, copy_tensors, to_python
+from .stylegan2 import StyleGAN2Generator
 
 FORMAT = "cleftgan-hpc-network"
-VERSION = 1
+VERSION = 2  # the newest version this program reads and writes (1: StyleGAN3 generators only)
 NETWORK_KEYS = ("G", "D", "G_ema")
+GENERATOR_KEYS = ("G", "G_ema")
+
+
+def generator_architecture(g: nn.Module) -> str:
+    """The class a file records for a generator: "stylegan2" or "stylegan3"."""
+    return "stylegan2" if isinstance(g, StyleGAN2Generator) else "stylegan3"
 
 
 @dataclass
 class Network:
     """A loaded network file: our modules (eval mode) plus the training metadata it carries."""
 
-    G: Generator | None = None
+    G: Generator | StyleGAN2Generator | None = None
     D: Discriminator | None = None
-    G_ema: Generator | None = None
+    G_ema: Generator | StyleGAN2Generator | None = None
     augment_p: float | None = None
     training_set_kwargs: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # other JSON metadata (free for callers)
 
-    def generator(self) -> Generator:
+    def generator(self) -> Generator | StyleGAN2Generator:
         """G_ema when present (the one to sample from), else G."""
         g = self.G_ema if self.G_ema is not None else self.G
         if g is None:
@@ -62,7 +72,11 @@ def save_checkpoint(net: Network, path: str | os.PathLike[str]) -> None:
     config["augment_p"] = net.augment_p
     config["training_set_kwargs"] = net.training_set_kwargs
     config["extra"] = net.extra
-    metadata = {"format": FORMAT, "version": str(VERSION), "config": json.dumps(to_python(config))}
+    config["architectures"] = {
+        key: generator_architecture(getattr(net, key)) for key in GENERATOR_KEYS if getattr(net, key) is not None
+    }
+    version = 2 if "stylegan2" in config["architectures"].values() else 1
+    metadata = {"format": FORMAT, "version": str(version), "config": json.dumps(to_python(config))}
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata=metadata)
@@ -168,6 +182,7 @@ def _load_checkpoint(path: Path) -> Network:
         training_set_kwargs=_plain(path, config.get("training_set_kwargs"), "training_set_kwargs"),
         extra=_plain(path, config.get("extra"), "extra") or {},
     )
+    architectures = _plain(path, config.get("architectures"), "architectures") or {}
     # Every network is checked against the tensors the header declares, and built, before any
     # tensor data is read.
     modules: dict[str, nn.Module] = {}
@@ -175,8 +190,11 @@ def _load_checkpoint(path: Path) -> Network:
         kwargs = _plain(path, config.get(key), key)
         if kwargs is None:
             continue
+        arch = architectures.get(key, "stylegan3") if key in GENERATOR_KEYS else "stylegan3"
+        if arch not in GENERATOR_ARCHITECTURES:
+            raise _bad(path, f"{key}: unknown generator architecture {quoted(arch)}")
         stored = sum(math.prod(s) for name, s in shapes.items() if name.startswith(key + "."))
-        modules[key] = build_network(key, kwargs, stored, f"{path}: {key}")
+        modules[key] = build_network(key, kwargs, stored, f"{path}: {key}", architecture=arch)
     try:
         tensors = load_file(str(path))
     except SafetensorError as e:

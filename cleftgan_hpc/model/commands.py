@@ -27,7 +27,7 @@ def add_commands(subparsers: Any) -> None:
     """Register `convert` and `generate` on the main CLI's subparsers."""
     p = subparsers.add_parser(
         "convert",
-        help="convert an official StyleGAN3 pickle to our safetensors network file",
+        help="convert an official StyleGAN2/3 pickle to our safetensors network file",
         description="Read IN (official pickle, loaded safely without running code from it) and write OUT "
         "(safetensors weights + JSON hyperparameters).",
     )

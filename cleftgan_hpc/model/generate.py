@@ -53,7 +53,12 @@ def make_transform(translate: tuple[float, float], angle_deg: float) -> np.ndarr
 
 
 def set_transform(g: Generator, translate: tuple[float, float] = (0.0, 0.0), rotate: float = 0.0) -> None:
-    """Store the inverse of the user's transform in G.synthesis.input.transform."""
+    """Store the inverse of the user's transform in G.synthesis.input.transform (StyleGAN3 only:
+    a StyleGAN2 generator has no such input, so it takes only the identity)."""
+    if not hasattr(g.synthesis, "input"):
+        if tuple(translate) != (0.0, 0.0) or rotate != 0:
+            raise GenerateError("--translate/--rotate need a StyleGAN3 network; this one is StyleGAN2")
+        return
     m = np.linalg.inv(make_transform(translate, rotate))
     g.synthesis.input.transform.copy_(torch.from_numpy(m).to(g.synthesis.input.transform))
 

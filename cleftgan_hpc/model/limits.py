@@ -31,7 +31,7 @@ MAX_IMG_CHANNELS = 64  # img_channels; official 3 (RGB) or 1
 MAX_CHANNELS = 4096  # channel_max, cmap_dim, widths of D's condition mapping; official <= 1024
 MAX_CHANNEL_BASE = 1 << 20  # channel_base; official 32768 (T) and 65536 (R)
 MAX_SYNTHESIS_LAYERS = 64  # synthesis num_layers; official 14
-MAX_MAPPING_LAYERS = 64  # mapping num_layers; official 2 (G) and 8 (D's condition mapping)
+MAX_MAPPING_LAYERS = 64  # mapping num_layers; official 2 (StyleGAN3 G), 8 (StyleGAN2 G, D's condition mapping)
 MAX_CONV_KERNEL = 15  # conv_kernel; official 3 (T) and 1 (R)
 MAX_FILTER_SIZE = 64  # filter_size (taps per sampling-rate ratio); official 6
 MAX_LRELU_UPSAMPLING = 16  # lrelu_upsampling; official 2
@@ -80,9 +80,10 @@ def quoted(value: Any) -> str:
 
 
 # --- argument rules: (kind, a, b) ---------------------------------------------------------------
-# kinds: "int" in [a, b]; "pow2" a power of two in [a, b]; "float" finite in [a, b] (ints too);
-# "optint"/"optfloat": the same or None; "bool"; "choice" in the set a; "floats": a list of
-# floats, length in [a, b]; "optdict": None or a dict checked against the rules a.
+# kinds: "int" in [a, b]; "pow2" a power of two in [a, b]; "odd" an odd integer in [a, b]; "float"
+# finite in [a, b] (ints too); "optint"/"optfloat": the same or None; "bool"; "choice" a string in
+# the set a; "oneof": one of the values a (bools and strings, compared with their type);
+# "floats": a list of floats, length in [a, b]; "optdict": None or a dict checked against the rules a.
 Rule = tuple[str, Any, Any]
 
 G_MAPPING_RULES: dict[str, Rule] = {
@@ -117,6 +118,35 @@ GENERATOR_RULES: dict[str, Rule] = {
     "magnitude_ema_beta": ("float", 0.0, 1.0),
 }
 _ACTIVATIONS = {"lrelu", "linear"}
+# The StyleGAN2 generator (stylegan2.py): the reference's mapping, synthesis, block and layer
+# arguments (Generator(**synthesis_kwargs) passes the block and layer ones through), and ours.
+G2_MAPPING_RULES: dict[str, Rule] = {
+    **G_MAPPING_RULES,
+    "embed_features": ("optint", 1, MAX_CHANNELS),
+    "layer_features": ("optint", 1, MAX_CHANNELS),
+    "activation": ("choice", _ACTIVATIONS, None),
+}
+STYLEGAN2_GENERATOR_RULES: dict[str, Rule] = {
+    "z_dim": ("int", 0, MAX_LATENT_DIM),
+    "c_dim": ("int", 0, MAX_LABEL_DIM),
+    "w_dim": ("int", 1, MAX_LATENT_DIM),
+    "img_resolution": ("pow2", 4, MAX_RESOLUTION),
+    "img_channels": ("int", 1, MAX_IMG_CHANNELS),
+    "mapping_kwargs": ("optdict", G2_MAPPING_RULES, None),
+    "channel_base": ("int", 1, MAX_CHANNEL_BASE),
+    "channel_max": ("int", 1, MAX_CHANNELS),
+    "num_fp16_res": ("int", 0, MAX_FP16_RES),
+    "low_precision_dtype": ("choice", {"float16", "bfloat16"}, None),
+    "channels_last": ("bool", None, None),
+    "architecture": ("choice", {"orig", "skip", "resnet"}, None),
+    "resample_filter": ("floats", 1, MAX_RESAMPLE_TAPS),
+    "conv_clamp": ("optfloat", 0.0, MAX_FLOAT),
+    "fp16_channels_last": ("bool", None, None),
+    "fused_modconv_default": ("oneof", (True, False, "inference_only"), None),
+    "kernel_size": ("odd", 1, MAX_CONV_KERNEL),
+    "use_noise": ("bool", None, None),
+    "activation": ("choice", _ACTIVATIONS, None),
+}
 D_BLOCK_RULES: dict[str, Rule] = {
     "activation": ("choice", _ACTIVATIONS, None),
     "resample_filter": ("floats", 1, MAX_RESAMPLE_TAPS),
@@ -168,11 +198,12 @@ def _check_rule(what: str, name: str, value: Any, rule: Rule) -> None:
             return
         kind = kind[3:]
     bad = ""
-    if kind in ("int", "pow2"):
+    if kind in ("int", "pow2", "odd"):
         if not _is_int(value):
             bad = "an integer"
-        elif not a <= value <= b or (kind == "pow2" and value & (value - 1)):
-            bad = f"{'a power of two' if kind == 'pow2' else 'an integer'} in [{a}, {b}]"
+        elif not a <= value <= b or (kind == "pow2" and value & (value - 1)) or (kind == "odd" and not value % 2):
+            noun = {"pow2": "a power of two", "odd": "an odd integer"}.get(kind, "an integer")
+            bad = f"{noun} in [{a}, {b}]"
     elif kind == "float":
         if not _is_number(value) or not a <= value <= b:
             bad = f"a finite number in [{a:g}, {b:g}]"
@@ -182,6 +213,9 @@ def _check_rule(what: str, name: str, value: Any, rule: Rule) -> None:
     elif kind == "choice":
         if not isinstance(value, str) or value not in a:
             bad = f"one of {sorted(a)}"
+    elif kind == "oneof":
+        if not any(type(value) is type(v) and value == v for v in a):
+            bad = f"one of {', '.join(map(repr, a))}"
     elif kind == "floats":
         if not isinstance(value, (list, tuple)) or not a <= len(value) <= b or not all(map(_is_number, value)):
             bad = f"a list of {a} to {b} finite numbers"
@@ -207,7 +241,7 @@ def check_arguments(what: str, kwargs: Mapping[str, Any], rules: Mapping[str, Ru
 
 
 # --- what the arguments imply, by arithmetic ------------------------------------------------------
-# The formulas mirror the constructors of mapping.py, synthesis.py and discriminator.py;
+# The formulas mirror the constructors of mapping.py, synthesis.py, stylegan2*.py and discriminator.py;
 # tests/model/test_model_limits.py checks them against built modules, so they cannot drift apart.
 
 
@@ -269,6 +303,53 @@ def generator_parameter_count(kwargs: Mapping[str, Any], what: str = "G") -> int
     total += _fc(c_dim, w_dim) if c_dim > 0 else 0
     total += sum(_fc(features[i], features[i + 1]) for i in range(mapping["num_layers"]))
     return total
+
+
+def _mapping_parameter_count(z_dim: int, c_dim: int, w_dim: int, m: Mapping[str, Any]) -> int:
+    """Parameters of MappingNetwork (mapping.py) with the arguments m (defaults filled in)."""
+    embed = (w_dim if m.get("embed_features") is None else m["embed_features"]) if c_dim > 0 else 0
+    layer = w_dim if m.get("layer_features") is None else m["layer_features"]
+    features = [z_dim + embed] + [layer] * (m["num_layers"] - 1) + [w_dim]
+    total = _fc(c_dim, embed) if c_dim > 0 else 0
+    return total + sum(_fc(features[i], features[i + 1]) for i in range(m["num_layers"]))
+
+
+def stylegan2_generator_sizes(kwargs: Mapping[str, Any]) -> tuple[int, int]:
+    """(parameters, buffer elements) of StyleGAN2Generator(**kwargs); the buffers (noise, filters,
+    w_avg) are tensors a file must carry too, so they count towards what it must hold."""
+    from .mapping import MappingNetwork
+    from .stylegan2 import MAPPING_LAYERS, StyleGAN2Synthesis, SynthesisBlock
+    from .stylegan2_layers import SynthesisLayer
+
+    d = {
+        **_defaults(SynthesisLayer.__init__),
+        **_defaults(SynthesisBlock.__init__),
+        **_defaults(StyleGAN2Synthesis.__init__),
+        **kwargs,
+    }
+    m = {**_defaults(MappingNetwork.__init__), "num_layers": MAPPING_LAYERS, **(kwargs.get("mapping_kwargs") or {})}
+    res, w_dim, img_channels, k = d["img_resolution"], d["w_dim"], d["img_channels"], d["kernel_size"]
+    taps = len(d["resample_filter"]) ** 2  # the block's and its upsampling conv0's filter
+    conv1_taps = len(_defaults(SynthesisLayer.__init__)["resample_filter"]) ** 2  # conv1 keeps the default
+    resolutions = [2**i for i in range(2, int(math.log2(res)) + 1)]
+    ch = {r: min(d["channel_base"] // r, d["channel_max"]) for r in resolutions}
+    noise = 1 if d["use_noise"] else 0
+    params, buffers = 0, d["w_dim"]  # w_avg
+    for r in resolutions:
+        c_in, c_out = (ch[r // 2] if r > 4 else 0), ch[r]
+        buffers += taps  # the block's resample_filter
+        layers = [(c_out, c_out, conv1_taps)] if c_in == 0 else [(c_in, c_out, taps), (c_out, c_out, conv1_taps)]
+        params += c_out * r * r if c_in == 0 else 0  # const
+        for li, lo, layer_taps in layers:
+            params += _fc(w_dim, li) + lo * li * k * k + lo + noise  # affine, weight, bias, noise_strength
+            buffers += layer_taps + noise * r * r  # resample_filter, noise_const
+        if r == res or d["architecture"] == "skip":
+            params += _fc(w_dim, c_out) + img_channels * c_out + img_channels  # ToRGB: affine, weight, bias
+        if c_in != 0 and d["architecture"] == "resnet":
+            params += c_out * c_in  # the 1x1 skip (no bias)
+            buffers += taps
+    params += _mapping_parameter_count(d["z_dim"], d["c_dim"], w_dim, m)
+    return params, buffers
 
 
 def discriminator_parameter_count(kwargs: Mapping[str, Any]) -> int:

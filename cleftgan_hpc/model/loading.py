@@ -11,7 +11,8 @@ from .official_pickle import read_official_pickle
 
 
 def load_network(path: str | os.PathLike[str]) -> Network:
-    """Load an official StyleGAN3 pickle (safely: nothing in it is executed) or our network file.
+    """Load an official StyleGAN3, StyleGAN2 or StyleGAN2-ADA pickle (safely: nothing in it is
+    executed) or our network file.
 
     Returns a Network with .G, .D, .G_ema (our modules, eval mode; None when absent),
     .augment_p and .training_set_kwargs (None when absent).
@@ -31,7 +32,7 @@ def load_network(path: str | os.PathLike[str]) -> Network:
         raise type(e)(f"{path}: {e}") from e
     if net is None:
         if not (len(head) >= 9 and head[8:9] == b"{"):
-            raise NetworkFormatError(f"{path}: neither a StyleGAN3 pickle nor a cleftgan-hpc network file")
+            raise NetworkFormatError(f"{path}: neither a StyleGAN2/3 pickle nor a cleftgan-hpc network file")
         net = load_checkpoint(path)
     if net.G_ema is not None:
         net.G_ema.requires_grad_(False)  # the EMA copy is never trained directly

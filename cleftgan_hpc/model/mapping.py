@@ -9,7 +9,11 @@ from .layers import FullyConnectedLayer, normalize_2nd_moment
 
 
 class MappingNetwork(nn.Module):
-    """StyleGAN3 mapping: normalise z (and the class embedding), MLP, broadcast to num_ws, truncate."""
+    """StyleGAN2/3 mapping: normalise z (and the class embedding), MLP, broadcast to num_ws, truncate.
+
+    With the defaults it is StyleGAN3's; StyleGAN2's adds `embed_features`, `layer_features` and
+    `activation` (its defaults build the same layers) and uses 8 layers.
+    """
 
     def __init__(
         self,
@@ -20,14 +24,21 @@ class MappingNetwork(nn.Module):
         num_layers: int = 2,  # MLP depth
         lr_multiplier: float = 0.01,  # learning-rate multiplier of the MLP
         w_avg_beta: float = 0.998,  # decay of the running average of w
+        embed_features: int | None = None,  # class embedding width (None: w_dim); StyleGAN2 only
+        layer_features: int | None = None,  # hidden width (None: w_dim); StyleGAN2 only
+        activation: str = "lrelu",  # hidden activation ("lrelu" or "linear"); StyleGAN2 only
     ) -> None:
         super().__init__()
         self.z_dim, self.c_dim, self.w_dim, self.num_ws = z_dim, c_dim, w_dim, num_ws
         self.num_layers, self.w_avg_beta = num_layers, w_avg_beta
-        self.embed = FullyConnectedLayer(c_dim, w_dim) if c_dim > 0 else None
-        features = [z_dim + (w_dim if c_dim > 0 else 0)] + [w_dim] * num_layers
+        embed_features = (w_dim if embed_features is None else embed_features) if c_dim > 0 else 0
+        layer_features = w_dim if layer_features is None else layer_features
+        self.embed = FullyConnectedLayer(c_dim, embed_features) if c_dim > 0 else None
+        features = [z_dim + embed_features] + [layer_features] * (num_layers - 1) + [w_dim]
         for idx in range(num_layers):
-            fc = FullyConnectedLayer(features[idx], features[idx + 1], activation="lrelu", lr_multiplier=lr_multiplier)
+            fc = FullyConnectedLayer(
+                features[idx], features[idx + 1], activation=activation, lr_multiplier=lr_multiplier
+            )
             setattr(self, f"fc{idx}", fc)
         self.register_buffer("w_avg", torch.zeros([w_dim]))
 

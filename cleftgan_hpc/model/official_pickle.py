@@ -49,11 +49,14 @@ from .limits import (
     MAX_TENSOR_DIMS,
     MAX_VALUE_NODES,
     MAX_ZIP_ENTRIES,
+    STYLEGAN2_GENERATOR_RULES,
     check_arguments,
     discriminator_parameter_count,
     generator_parameter_count,
     one_line,
+    stylegan2_generator_sizes,
 )
+from .stylegan2 import StyleGAN2Generator
 
 # What malformed data makes library code raise: turned into NetworkFormatError at the loaders'
 # boundary, so a bad file is one clear line, never a traceback. MemoryError too: the limits keep
@@ -589,23 +592,40 @@ def copy_tensors(module: nn.Module, tensors: Mapping[str, torch.Tensor], what: s
             t.copy_(tensors[name].to(t.dtype))
 
 
-def build_network(key: str, kwargs: dict[str, Any], stored_elements: int, what: str) -> Generator | Discriminator:
-    """Generator (key G / G_ema) or Discriminator (D) from checked arguments, built only when the
-    parameters they imply are within MAX_NETWORK_PARAMETERS and no more than the `stored_elements`
-    tensor elements the file carries for it (the exact names and shapes are compared afterwards)."""
-    is_d = key == "D"
-    check_arguments(what, kwargs, DISCRIMINATOR_RULES if is_d else GENERATOR_RULES)
-    needed = discriminator_parameter_count(kwargs) if is_d else generator_parameter_count(kwargs, what)
+GENERATOR_ARCHITECTURES = ("stylegan3", "stylegan2")  # what a generator record or file entry can be
+
+
+def build_network(
+    key: str, kwargs: dict[str, Any], stored_elements: int, what: str, architecture: str = "stylegan3"
+) -> Generator | StyleGAN2Generator | Discriminator:
+    """Generator (key G / G_ema; `architecture` "stylegan3" or "stylegan2") or Discriminator (D)
+    from checked arguments, built only when the parameters they imply are within
+    MAX_NETWORK_PARAMETERS and no more than the `stored_elements` tensor elements the file
+    carries for it (the exact names and shapes are compared afterwards)."""
+    is_d, sg2 = key == "D", key != "D" and architecture == "stylegan2"
+    if not is_d and architecture not in GENERATOR_ARCHITECTURES:
+        raise NetworkFormatError(f"{what}: unknown generator architecture {one_line(repr(architecture), 60)}")
+    check_arguments(
+        what, kwargs, DISCRIMINATOR_RULES if is_d else STYLEGAN2_GENERATOR_RULES if sg2 else GENERATOR_RULES
+    )
+    buffers = 0  # tensor elements beyond the parameters that the file must carry (StyleGAN2's noise maps)
+    if is_d:
+        needed = discriminator_parameter_count(kwargs)
+    elif sg2:
+        needed, buffers = stylegan2_generator_sizes(kwargs)
+    else:
+        needed = generator_parameter_count(kwargs, what)
     if needed > MAX_NETWORK_PARAMETERS:
         raise NetworkFormatError(
             f"{what}: its arguments describe {needed:,} parameters, over the limit of {MAX_NETWORK_PARAMETERS:,}"
         )
-    if needed > stored_elements:
+    if needed + buffers > stored_elements:
+        described = f"{needed:,} parameters" + (f" and {buffers:,} buffer elements" if buffers else "")
         raise NetworkFormatError(
-            f"{what}: its arguments describe {needed:,} parameters but the file carries only "
+            f"{what}: its arguments describe {described} but the file carries only "
             f"{stored_elements:,} tensor elements for it"
         )
-    cls = Discriminator if is_d else Generator
+    cls = Discriminator if is_d else StyleGAN2Generator if sg2 else Generator
     try:
         return cls(**kwargs)
     except MALFORMED_ERRORS as e:
@@ -655,15 +675,40 @@ def _check_keys(what: str, kwargs: Any, allowed: set[str]) -> None:
         raise NetworkFormatError(f"{what}: unsupported constructor argument(s) {one_line(str(unknown))}")
 
 
-def generator_from_record(record: PersistentRecord, what: str = "G") -> Generator:
-    """Build our StyleGAN3 Generator from a reference record and copy its tensors."""
-    if record.class_name != "Generator":
-        raise NetworkFormatError(f"{what}: expected a Generator, found {one_line(record.class_name, 80)}")
+# StyleGAN2 (training.networks_stylegan2.Generator of the StyleGAN3 repository, and
+# training.networks.Generator of StyleGAN2-ADA): the constructor arguments a pickle may record,
+# and the classes its module records may name (a pickle records class names, not module paths).
+_G2_SYNTHESIS_KEYS = {
+    "channel_base", "channel_max", "num_fp16_res", "architecture", "resample_filter", "conv_clamp",
+    "fp16_channels_last", "fused_modconv_default", "kernel_size", "use_noise", "activation",
+}  # fmt: skip
+_G2_MAPPING_KEYS = {"num_layers", "embed_features", "layer_features", "activation", "lr_multiplier", "w_avg_beta"}
+_G2_CLASSES = {
+    "Generator", "SynthesisNetwork", "SynthesisBlock", "SynthesisLayer", "ToRGBLayer", "Conv2dLayer",
+    "MappingNetwork", "FullyConnectedLayer",
+}  # fmt: skip
+# StyleGAN2-ADA's defaults where the StyleGAN3 repository's differ (applied when absent).
+_ADA_SYNTHESIS_DEFAULTS = {"num_fp16_res": 0, "conv_clamp": None}
+_ADA_MAPPING_DEFAULTS = {"w_avg_beta": 0.995}
+
+
+def _synthesis_modules(record: PersistentRecord) -> dict[str, Any]:
     modules = record.state.get("_modules")
     synthesis = modules.get("synthesis") if isinstance(modules, dict) else None
     sub = synthesis.state.get("_modules") if isinstance(synthesis, PersistentRecord) else None
-    if not isinstance(sub, dict) or "input" not in sub:
-        raise NetworkFormatError(f"{what}: not a StyleGAN3 generator (StyleGAN2 generators are not supported)")
+    return sub if isinstance(sub, dict) else {}
+
+
+def generator_from_record(record: PersistentRecord, what: str = "G") -> Generator | StyleGAN2Generator:
+    """Build our StyleGAN3 or StyleGAN2 generator (told apart by their synthesis networks) from a
+    reference record and copy its tensors."""
+    if record.class_name != "Generator":
+        raise NetworkFormatError(f"{what}: expected a Generator, found {one_line(record.class_name, 80)}")
+    sub = _synthesis_modules(record)
+    if "b4" in sub and "input" not in sub:
+        return stylegan2_generator_from_record(record, what)
+    if "input" not in sub:
+        raise NetworkFormatError(f"{what}: neither a StyleGAN3 nor a StyleGAN2 generator (no synthesis input or b4)")
     kwargs = _init_kwargs(record, _G_POSITIONAL, what)
     missing = sorted(set(_G_POSITIONAL) - set(kwargs))
     if missing:
@@ -673,6 +718,49 @@ def generator_from_record(record: PersistentRecord, what: str = "G") -> Generato
     _check_keys(f"{what}.mapping", kwargs.get("mapping_kwargs"), _G_MAPPING_KEYS)
     tensors = flatten_tensors(record, what)
     g = build_network("G", kwargs, sum(t.numel() for t in tensors.values()), what)
+    copy_tensors(g, tensors, what)
+    return g.eval()
+
+
+def _check_class_names(record: PersistentRecord, allowed: set[str], what: str) -> None:
+    """Every module record of the tree names one of `allowed` (flatten_tensors bounded the tree)."""
+    stack = [(record, "")]
+    while stack:
+        rec, prefix = stack.pop()
+        if rec.class_name not in allowed:
+            raise NetworkFormatError(
+                f"{what}: module {prefix or '(top)'} is a {one_line(rec.class_name, 80)}, not part of this network"
+            )
+        for name, sub in (rec.state.get("_modules") or {}).items():
+            if isinstance(sub, PersistentRecord):
+                stack.append((sub, f"{prefix}{name}."))
+
+
+def stylegan2_generator_from_record(record: PersistentRecord, what: str = "G") -> StyleGAN2Generator:
+    """Build our StyleGAN2Generator from a reference record (StyleGAN3 repository or StyleGAN2-ADA)."""
+    kwargs = _init_kwargs(record, _G_POSITIONAL, what)
+    missing = sorted(set(_G_POSITIONAL) - set(kwargs))
+    if missing:
+        raise NetworkFormatError(f"{what}: constructor arguments lack {missing}")
+    # StyleGAN2-ADA takes the synthesis arguments as one dict and has other defaults; its blocks
+    # lack the StyleGAN3 repository's fused_modconv_default attribute.
+    b4 = _synthesis_modules(record).get("b4")
+    ada = "synthesis_kwargs" in kwargs or (isinstance(b4, PersistentRecord) and "fused_modconv_default" not in b4.state)
+    synthesis_kwargs = kwargs.pop("synthesis_kwargs", None) or {}
+    _check_keys(f"{what}.synthesis_kwargs", synthesis_kwargs, _G2_SYNTHESIS_KEYS)
+    twice = sorted(set(synthesis_kwargs) & set(kwargs))
+    if twice:
+        raise NetworkFormatError(f"{what}: constructor arguments given twice: {twice}")
+    kwargs.update(synthesis_kwargs)
+    _check_keys(what, {k: v for k, v in kwargs.items() if k not in _G_POSITIONAL and k != "mapping_kwargs"},
+                _G2_SYNTHESIS_KEYS)  # fmt: skip
+    _check_keys(f"{what}.mapping", kwargs.get("mapping_kwargs"), _G2_MAPPING_KEYS)
+    if ada:
+        kwargs = {**_ADA_SYNTHESIS_DEFAULTS, **kwargs}
+        kwargs["mapping_kwargs"] = {**_ADA_MAPPING_DEFAULTS, **(kwargs.get("mapping_kwargs") or {})}
+    tensors = flatten_tensors(record, what)
+    _check_class_names(record, _G2_CLASSES, what)
+    g = build_network("G", kwargs, sum(t.numel() for t in tensors.values()), what, architecture="stylegan2")
     copy_tensors(g, tensors, what)
     return g.eval()
 

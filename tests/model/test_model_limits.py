@@ -41,6 +41,7 @@ from cleftgan_hpc.model.limits import (
     D_EPILOGUE_RULES,
     D_MAPPING_RULES,
     DISCRIMINATOR_RULES,
+    G2_MAPPING_RULES,
     G_MAPPING_RULES,
     GENERATOR_RULES,
     MAX_ARRAY_ELEMENTS,
@@ -87,7 +88,9 @@ def _params(fn: Any, skip: set[str]) -> set[str]:
 def test_rules_cover_every_constructor_argument() -> None:
     synthesis = _params(SynthesisNetwork.__init__, set())
     assert set(GENERATOR_RULES) == _params(Generator.__init__, {"synthesis_kwargs"}) | synthesis
-    assert set(G_MAPPING_RULES) == _params(MappingNetwork.__init__, {"z_dim", "c_dim", "w_dim", "num_ws"})
+    mapping = _params(MappingNetwork.__init__, {"z_dim", "c_dim", "w_dim", "num_ws"})
+    assert set(G2_MAPPING_RULES) == mapping  # StyleGAN2's mapping takes every argument, StyleGAN3's not these:
+    assert set(G_MAPPING_RULES) == mapping - {"embed_features", "layer_features", "activation"}
     assert set(DISCRIMINATOR_RULES) == _params(Discriminator.__init__, set())
     assert set(D_MAPPING_RULES) == _params(ConditionMapping.__init__, {"c_dim", "cmap_dim"})
     taken = {"in_channels", "tmp_channels", "out_channels", "resolution", "img_channels", "first_layer_idx",
