@@ -17,7 +17,7 @@ FLOORS: list[set[str]] = [
     {"errors", "ranks", "progress", "layout", "seeds", "__init__"},
     {"storage", "jobspec", "context"},
     {"model", "data"},
-    {"training", "synthesis", "metrics"},
+    {"training", "synthesis", "metrics", "severity"},
     {"stages"},
     {"plan", "runs"},
     {"execute"},

@@ -101,7 +101,7 @@ def _gather(stages: dict[str, Any], suffixes: dict[str, list[str]]) -> None:
     from cleftgan_hpc.jobspec.stages import KINDS
 
     for stage in stages.values():
-        kind = KINDS.get(stage.get("kind")) if isinstance(stage, dict) else None
+        kind = KINDS.get(stage.get("kind")) if isinstance(stage, dict) and isinstance(stage.get("kind"), str) else None
         field = kind.gathers if kind is not None else None
         target = stage.get(field) if field else None
         if not isinstance(target, str):
@@ -161,7 +161,7 @@ def _copy_positions(positions: Any, src: Loc, dst: Loc) -> None:
 def _gathers(stage: dict[str, Any]) -> bool:
     from cleftgan_hpc.jobspec.stages import KINDS
 
-    kind = KINDS.get(stage.get("kind"))
+    kind = KINDS.get(stage["kind"]) if isinstance(stage.get("kind"), str) else None
     return kind is not None and kind.gathers is not None
 
 

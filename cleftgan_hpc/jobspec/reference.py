@@ -67,6 +67,14 @@ def nested_models(model: type[BaseModel]) -> list[tuple[str, type[BaseModel]]]:
     return found
 
 
+def nested_parts(kind: str, path: str, model: type[BaseModel]) -> list[str]:
+    """The table of a nested model, then those of the models nested in it (``index.projection``)."""
+    parts = [f"#### `{kind}` → `{path}`", inspect.cleandoc(model.__doc__ or ""), model_table(model)]
+    for field, sub in nested_models(model):
+        parts += nested_parts(kind, f"{path}.{field}", sub)
+    return parts
+
+
 def spec_reference() -> str:
     parts = [
         "### Job",
@@ -96,7 +104,7 @@ def spec_reference() -> str:
         ]
         for field, sub in nested_models(model):
             if field != "resources":
-                parts += [f"#### `{kind}` → `{field}`", inspect.cleandoc(sub.__doc__ or ""), model_table(sub)]
+                parts += nested_parts(kind, field, sub)
     parts.append(
         "An **input** is a local path (relative to the spec's directory), `store:KEY` (a key or prefix in the "
         "job's store) or `stage:NAME[.OUTPUT]` (what an earlier stage of the same run produced; "

@@ -10,6 +10,7 @@ from typing import Annotated
 
 from pydantic import Field
 
+from cleftgan_hpc.jobspec.kinds.compare import CompareStage
 from cleftgan_hpc.jobspec.kinds.demo_data import DemoDataStage
 from cleftgan_hpc.jobspec.kinds.evaluate import EvaluateStage
 from cleftgan_hpc.jobspec.kinds.finetune import AugmentOp, FinetuneStage, RandomNetwork
@@ -20,7 +21,8 @@ from cleftgan_hpc.jobspec.kinds.synthesize import SynthesizeStage
 from cleftgan_hpc.jobspec.models import StageBase
 
 AnyStage = Annotated[
-    PreprocessStage | DemoDataStage | FinetuneStage | SweepStage | SynthesizeStage | EvaluateStage | SeverityStage,
+    PreprocessStage | DemoDataStage | FinetuneStage | SweepStage | SynthesizeStage | EvaluateStage | SeverityStage
+    | CompareStage,
     Field(discriminator="kind"),
 ]
 
@@ -32,9 +34,10 @@ KINDS: dict[str, type[StageBase]] = {
     "synthesize": SynthesizeStage,
     "evaluate": EvaluateStage,
     "severity": SeverityStage,
+    "compare": CompareStage,
 }
 
 __all__ = [
-    "AnyStage", "AugmentOp", "DemoDataStage", "EvaluateStage", "FinetuneStage", "KINDS", "PreprocessStage",
-    "RandomNetwork", "SeverityStage", "SweepStage", "SynthesizeStage",
+    "AnyStage", "AugmentOp", "CompareStage", "DemoDataStage", "EvaluateStage", "FinetuneStage", "KINDS",
+    "PreprocessStage", "RandomNetwork", "SeverityStage", "SweepStage", "SynthesizeStage",
 ]

@@ -1,7 +1,8 @@
 """DISH: the divergence between histograms of cleft-severity scores of real and generated faces.
 
-CleftGAN (arXiv 2310.07969) scores every image with a separate severity model
-(``cleftgan_hpc.metrics.severity``), histograms the real and the generated scores, and reports
+CleftGAN (arXiv 2310.07969) scores every image with a separate severity model (a TorchScript
+file, ``cleftgan_hpc.metrics.severity``, or the severity index, ``cleftgan_hpc.severity``, which
+normalises faces with a normal-face generator), histograms the real and the generated scores, and reports
 a divergence between the two histograms (the journal version calls it the "Divergence Index of
 Normality"). The paper does not publish its binning or divergence, so both are settings here.
 

@@ -6,6 +6,10 @@ second pass measures PPL. Per-image results are saved to the store every ``save_
 a preempted run (SIGTERM/SIGUSR2: exit 75, requeue) resumes from there; every image is a pure
 function of its index, so the resumed result equals an uninterrupted one.
 
+With ``normal_network`` DISH uses the severity index (``cleftgan_hpc.severity``) instead of a
+TorchScript model: real-set scores from the store's cache (made, resumably, on first use), and
+the first ``dish.images`` generated images scored in their own resumable pass.
+
 Writes ``metrics.json`` (values and their provenance) and ``report.png`` (sample grid, the
 severity histograms, the path-length distribution).
 """
@@ -43,11 +47,16 @@ class Models:
 
     extractor: FeatureExtractor | None = None  # fid, kid
     lpips: LPIPSNet | None = None  # ppl
-    severity: SeverityModel | None = None  # dish
+    severity: SeverityModel | None = None  # dish, from a TorchScript model
+    index: Any = None  # dish, from the severity index (a cleftgan_hpc.severity.SeverityIndex)
 
     def digests(self) -> dict[str, str]:
         named = {"feature_extractor": self.extractor, "lpips": self.lpips, "severity_model": self.severity}
-        return {k: m.digest for k, m in named.items() if m is not None}
+        out = {k: m.digest for k, m in named.items() if m is not None}
+        if self.index is not None:
+            out["normal_network"] = self.index.network_sha256
+            out["severity_index"] = self.index.digest
+        return out
 
 
 def load_models(cfg: EvaluateStage, ctx: StageContext, device: str) -> Models:
@@ -69,7 +78,14 @@ def load_models(cfg: EvaluateStage, ctx: StageContext, device: str) -> Models:
         )
     if "ppl" in wanted:
         models.lpips = load_lpips(path_of(cfg.lpips, "demo_lpips.pt", save_tiny_lpips), device)
-    if "dish" in wanted:
+    if "dish" in wanted and cfg.normal_network is not None:
+        from cleftgan_hpc.severity.scorer import SeverityIndex
+
+        lpips = models.lpips
+        if lpips is None and cfg.lpips is not None:  # the index's perceptual losses use the same LPIPS file
+            lpips = load_lpips(path_of(cfg.lpips, "demo_lpips.pt", save_tiny_lpips), device)
+        models.index = SeverityIndex.from_file(ctx.fetch(cfg.normal_network), cfg.severity_index, device, lpips=lpips)
+    elif "dish" in wanted:
         models.severity = load_severity_model(
             path_of(cfg.severity_model, "demo_severity.pt", save_demo_severity_model), device
         )
@@ -109,7 +125,7 @@ def generate(G: Any, seeds: range, labels: np.ndarray | None, psi: float, device
 
 
 def series_identities(
-    cfg: EvaluateStage, network_sha: str, labels: np.ndarray | None, models: Models
+    cfg: EvaluateStage, network_sha: str, labels: np.ndarray | None, models: Models, dataset_sha: str = ""
 ) -> dict[str, str]:
     """For each saved series, a digest of everything its rows depend on, so that progress made for
     another network, model or option is never reused and a change to one series keeps the
@@ -120,7 +136,9 @@ def series_identities(
     }
     parts = {
         "features": {**images, "extractor": models.extractor.digest if models.extractor else None},
-        "severity": {**images, "severity": models.severity.digest if models.severity else None},
+        "severity": {**images, "severity": models.severity.digest if models.severity else None,
+                     "index": models.index.digest if models.index is not None else None},
+        "real_severity": {"dataset": dataset_sha, "index": models.index.digest if models.index is not None else None},
         "path_lengths": {
             "network": network_sha, "labels": images["labels"], "batch": cfg.batch, "seed": cfg.seed,
             "lpips": models.lpips.digest if models.lpips else None, **cfg.ppl.model_dump(exclude={"samples"}),
@@ -171,6 +189,7 @@ def _run(cfg: EvaluateStage, ctx: StageContext) -> dict[str, str]:
     from cleftgan_hpc.metrics.cache import FeatureStatsCache
     from cleftgan_hpc.metrics.compute import fid_kid, uint8_batches
     from cleftgan_hpc.metrics.dish import dish
+    from cleftgan_hpc.severity.series import real_set_scores, score_into
     from cleftgan_hpc.synthesis.generate import load_generator, network_info
 
     t0 = time.monotonic()
@@ -183,8 +202,12 @@ def _run(cfg: EvaluateStage, ctx: StageContext) -> dict[str, str]:
     labels = label_rows(real.labels, G.c_dim)
     models = load_models(cfg, ctx, device)
     wanted = set(cfg.metrics)
+    if models.index is not None:  # before any work: the index compares pixels of like images
+        models.index.check_images(real.resolution, real.channels, "the dataset's images")
+        models.index.check_images(G.img_resolution, G.img_channels, "the evaluated network's images")
     partial = PartialResults(
-        ctx.store, ctx.key("progress"), series_identities(cfg, network_sha, labels, models), cfg.save_every_s
+        ctx.store, ctx.key("progress"), series_identities(cfg, network_sha, labels, models, dataset_sha),
+        cfg.save_every_s,
     )
     if partial.resumed:
         ctx.log.info(
@@ -204,11 +227,16 @@ def _run(cfg: EvaluateStage, ctx: StageContext) -> dict[str, str]:
     real_scores = None
     if models.severity is not None:
         real_scores = models.severity.scores_of(uint8_batches(iter(real), cfg.batch))
+    index_record = None
+    if models.index is not None:
+        real_scores, index_record = real_set_scores(models.index, real, dataset_sha, partial, ctx)
 
     # -- pass 1: each batch of generated images is made once, for features and severity scores
     series = [n for n, m in (("features", models.extractor), ("severity", models.severity)) if m is not None]
     if series:
         points = resume_points(partial, series, cfg.num_images, cfg.batch)
+        if "severity" in points:  # only the first dish_images are scored
+            points["severity"] = resume_points(partial, ["severity"], cfg.dish_images, cfg.batch)["severity"]
         start = min(points.values())
         progress = ctx.progress(cfg.num_images, "evaluate: generated images", "images")
         progress.update(start)
@@ -218,11 +246,23 @@ def _run(cfg: EvaluateStage, ctx: StageContext) -> dict[str, str]:
             images = generate(G, seeds, labels, cfg.truncation_psi, device)
             if models.extractor is not None and first >= points["features"]:
                 partial.extend("features", models.extractor.features([images]))
-            if models.severity is not None and first >= points["severity"]:
-                partial.extend("severity", models.severity.scores(images))
+            if models.severity is not None and points["severity"] <= first < cfg.dish_images:
+                partial.extend("severity", models.severity.scores(images[: cfg.dish_images - first]))
             partial.maybe_save()
             progress.update(len(seeds))
         progress.close()
+
+    # -- pass 1b: the severity index of the first dish_images generated images (hundreds of passes each)
+    if models.index is not None:
+        step = models.index.options.batch
+
+        def generated(start: int) -> Any:
+            for first in range(start, cfg.dish_images, step):
+                seeds = range(cfg.first_seed + first, cfg.first_seed + min(first + step, cfg.dish_images))
+                yield generate(G, seeds, labels, cfg.truncation_psi, device).cpu()
+
+        progress = ctx.progress(cfg.dish_images, "evaluate: severity index of generated images", "images")
+        score_into(partial, "severity", models.index, cfg.dish_images, generated, progress, ctx.should_stop)
 
     # -- pass 2: perceptual path lengths
     if models.lpips is not None:
@@ -248,7 +288,7 @@ def _run(cfg: EvaluateStage, ctx: StageContext) -> dict[str, str]:
             done += n
         progress.close()
     partial.save()  # everything computed: a crash while writing the report costs nothing
-    for name, total in (("features", cfg.num_images), ("severity", cfg.num_images), ("path_lengths", cfg.ppl.samples)):
+    for name, total in (("features", cfg.num_images), ("severity", cfg.dish_images), ("path_lengths", cfg.ppl.samples)):
         if partial.done(name) not in (0, total):  # a bookkeeping bug must not pass as a result
             raise CleftGanError(f"evaluate: {name} has {partial.done(name)} rows, expected {total}")
 
@@ -260,12 +300,17 @@ def _run(cfg: EvaluateStage, ctx: StageContext) -> dict[str, str]:
         values.update({k: float(fk[k]) for k in ("fid", "kid") if k in wanted})
     dish_result = None
     if real_scores is not None:
+        fake_scores = partial.array("severity")
+        fake_scores = fake_scores[:, 0] if fake_scores.ndim == 2 and fake_scores.shape[1] > 1 else fake_scores
         dish_result = dish(
-            real_scores, partial.array("severity"), bins=cfg.dish.bins, value_range=cfg.dish.range,
+            real_scores, fake_scores, bins=cfg.dish.bins, value_range=cfg.dish.range,
             divergence=cfg.dish.divergence, smoothing=cfg.dish.smoothing,
         )
         values["dish"] = float(dish_result.value)
-        details["dish"] = dish_result.to_json()
+        details["dish"] = {**dish_result.to_json(), "images": cfg.dish_images,
+                           "scorer": "severity_index" if models.index is not None else "severity_model"}
+        if index_record is not None:
+            details["severity_index"] = index_record
     lengths = None
     if models.lpips is not None:
         from cleftgan_hpc.metrics.ppl import ppl_from_lengths

@@ -180,8 +180,11 @@ class SeverityStage(StageBase):
         120, gt=0, description="Seconds between saves of the scores a preempted task resumes from."
     )
 
-    # how the stage shows or paces its work, not what each score is
-    reusable_changes: ClassVar[frozenset[str]] = frozenset({"overlays", "extremes", "save_every_s"})
+    # any: each task's saved scores carry a digest of the images, the range and the scorer, checked on resume
+    reusable_changes: ClassVar[frozenset[str]] = frozenset({
+        "normal_network", "dataset", "network", "count", "first_seed", "truncation_psi", "synthesized", "lpips",
+        "index", "tasks", "overlays", "extremes", "save_every_s",
+    })
     outputs: ClassVar[dict[str, str]] = {
         "scores": "scores.csv",  # one row per image: index, key, score, losses, heat-map peak
         "table": "scores.npz",  # the same columns as arrays (scores.parquet beside it when pyarrow is installed)
