@@ -34,8 +34,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from cleftgan_hpc.launch.start import start_run
+    from cleftgan_hpc.report.commands import report_quietly
 
-    return start_run(args.spec, _load(args.spec), args.run, args.force)
+    return start_run(args.spec, _load(args.spec), args.run, args.force, None if args.no_report else report_quietly)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -50,6 +51,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     launcher.reconcile(plan, run)  # stages that died without a word are recorded as such first
     print(f"run {run.run_id} ({spec.store.url})")
     print(format_status(plan, run, launcher.describe(plan, run)))
+    if not args.no_report:  # a batch run's report is refreshed here: no process of ours sees it end
+        from cleftgan_hpc.report.commands import report_after_status
+
+        report_after_status(run)
     states = {run.status(s.name).state for s in plan.stages}
     return 0 if states == {"done"} else (1 if states & {"failed", "cancelled"} else 0)
 
@@ -82,11 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("run", help="run a job on its backend (local: here, to completion; slurm: submit)")
     add_run_arguments(s)
+    s.add_argument("--no-report", action="store_true", help="do not write the run's report page at its end")
     s.set_defaults(func=cmd_run)
 
-    s = sub.add_parser("status", help="print the stage table of a run (default: the latest)")
+    s = sub.add_parser("status", help="print the stage table of a run (default: the latest); refresh its report")
     s.add_argument("spec")
     s.add_argument("--run")
+    s.add_argument("--no-report", action="store_true", help="do not refresh the run's report page")
     s.set_defaults(func=cmd_status)
 
     s = sub.add_parser("schema", help="print the spec reference (every field, default and meaning)")
@@ -95,12 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
     from cleftgan_hpc.data.commands import add_commands as add_data_commands
     from cleftgan_hpc.launch.commands import add_commands as add_launch_commands
     from cleftgan_hpc.model.commands import add_commands as add_model_commands
+    from cleftgan_hpc.report.commands import add_commands as add_report_commands
     from cleftgan_hpc.synthesis.commands import add_commands as add_synthesis_commands
 
     add_launch_commands(sub)
     add_data_commands(sub)
     add_model_commands(sub)
     add_synthesis_commands(sub)
+    add_report_commands(sub)
     return p
 
 

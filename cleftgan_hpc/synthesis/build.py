@@ -3,7 +3,8 @@ verify, and write the manifest last.
 
     task i of n   claim, then only the shards of task i (no manifest)
     no task       claim, produce whatever is missing (everything when run alone), verify every
-                  shard, clean up partial uploads, write the wids index, then manifest.json
+                  shard, clean up partial uploads, write the wids index and the dataset card
+                  (README.md, ``card.py``), then manifest.json
 
 The claim is ``options.json`` under the dataset, put create-only before any shard: a later run
 with other options is refused (or, with overwrite, replaces the dataset once; tasks that find
@@ -25,6 +26,7 @@ from cleftgan_hpc.errors import ObjectExists
 from cleftgan_hpc.jobspec.kinds.synthesize import SynthesizeStage
 from cleftgan_hpc.layout import check_dataset
 from cleftgan_hpc.storage.base import ObjectInfo, ObjectStore, join_key
+from cleftgan_hpc.synthesis.card import CARD_FILE, dataset_card, network_training
 from cleftgan_hpc.synthesis.layout import (
     FORMAT_EXT,
     MANIFEST_FILE,
@@ -214,7 +216,7 @@ def commit(
     store: ObjectStore, cfg: SynthesizeStage, recipe: Recipe, shards: list[Shard], options: dict[str, Any],
     network_path: Path, g: Any, log: logging.Logger,
 ) -> dict[str, Any]:
-    """Check every shard (present, this recipe's, a sha256), then write the wids index and the manifest."""
+    """Check every shard (present, this recipe's, a sha256), then write the wids index, the card and the manifest."""
     from cleftgan_hpc.synthesis.generate import network_info
 
     records, bad = [], []
@@ -232,6 +234,8 @@ def commit(
     manifest = build_manifest(cfg.dataset, recipe.prefix, options, recipe.options_sha256, network, records,
                               FORMAT_EXT[cfg.format])
     store.put_json(join_key(recipe.prefix, WIDS_INDEX_FILE), wids_index(cfg.dataset, records))
+    card = dataset_card(manifest, store.uri(recipe.prefix), network_training(network_path, cfg.network))
+    store.put_text(join_key(recipe.prefix, CARD_FILE), card)  # before the manifest: a committed dataset has one
     key = join_key(recipe.prefix, MANIFEST_FILE)
     try:
         store.put_json(key, manifest, if_absent=True)

@@ -15,6 +15,7 @@ byte.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -27,6 +28,7 @@ from typing import Any
 
 from cleftgan_hpc.errors import ObjectNotFound
 from cleftgan_hpc.storage.base import sha256_file, write_file_atomically
+from cleftgan_hpc.synthesis.card import CARD_FILE
 from cleftgan_hpc.synthesis.layout import MANIFEST_FILE
 from cleftgan_hpc.synthesis.manifest import DatasetError, DatasetSource, DirSource, check_manifest, wids_index
 
@@ -201,6 +203,8 @@ def pull(
             "kept. The stored copy is damaged; put the network the dataset was made with back there"
         )
     report.shards, report.complete = len(target), len(target) == len(entries)
+    with contextlib.suppress(ObjectNotFound):  # the card travels with the copy (older datasets have none)
+        source.download(CARD_FILE, _target(dest, CARD_FILE))
     index = manifest.get("wids_index")
     if report.complete:  # the source's own files, as they are
         if index:

@@ -3,8 +3,9 @@
 ``train`` runs a ``Trainer`` to the recipe's end. It resumes from the stage's latest
 checkpoint (or the one it is told to start from), logs a line of stats every tick and a
 progress line with rate and ETA, and at every snapshot writes the sample grid, the metrics,
-stats.jsonl, curves.png and a checkpoint. Asked to stop (SIGTERM, SIGUSR2, a dead launcher)
-it checkpoints and raises ``StopRequested``.
+stats.jsonl, curves.png and a checkpoint; rank 0 also logs ticks and snapshots as TensorBoard
+events (``tensorboard.py``), uploaded with each checkpoint. Asked to stop (SIGTERM, SIGUSR2, a
+dead launcher) it checkpoints and raises ``StopRequested``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from cleftgan_hpc.training import distributed
 from cleftgan_hpc.training.recipe import Recipe
 from cleftgan_hpc.training.snapshot import curves_png, sample_grid
 from cleftgan_hpc.training.state import CheckpointStore, stats_jsonl
+from cleftgan_hpc.training.tensorboard import TrainingEvents
 from cleftgan_hpc.training.trainer import Trainer
 
 SnapshotHook = Callable[[dict[str, Any]], None]
@@ -57,6 +59,8 @@ def train(
     # the stats of the tick in progress: checkpointed, so a resumed run logs the ticks an
     # uninterrupted one would
     window: dict[str, list[float]] = {k: list(v) for k, v in (state or {}).get("stats_window", {}).items()}
+    events = TrainingEvents(ctx.store, ctx.key("tensorboard"), ctx.scratch / "tensorboard", prog.cur_nimg,
+                            ctx.log) if d.is_main else None
 
     def checkpoint() -> str | None:
         if not d.is_main:
@@ -67,7 +71,10 @@ def train(
         payload["config_hash"] = recipe.resume_digest
         payload["finished_config_hash"] = recipe.finished_digest
         payload["recipe"] = recipe.as_dict()
-        return ckpts.save(payload, prog.step, prog.best_key, ctx.log)
+        key = ckpts.save(payload, prog.step, prog.best_key, ctx.log)
+        if events is not None:  # after the checkpoint: stored events never run past it
+            events.upload()
+        return key
 
     t_attempt = time.monotonic()
     reported = False
@@ -82,6 +89,8 @@ def train(
             rec["kimg"] = prog.cur_nimg / 1000
             prog.stats.append(rec)
             window.clear()
+            if events is not None:
+                events.tick(prog.cur_nimg, rec)
         ticker.maybe(prog.cur_nimg, stats, force=last)
         prog.train_seconds += time.monotonic() - t_attempt
         t_attempt = time.monotonic()
@@ -89,7 +98,7 @@ def train(
         if recipe.snapshot_due(prev, prog.cur_nimg) or last:
             values = metrics(trainer.nets.G_ema) if metrics is not None else {}  # a collective: every rank
             if d.is_main:
-                snapshot(recipe, ctx, trainer, history, values)
+                snapshot(recipe, ctx, trainer, history, values, events)
             if values and (prog.best_metric is None or values[recipe.metrics[0]] < prog.best_metric):
                 prog.best_metric, prog.best_key = values[recipe.metrics[0]], ckpts.key_for(prog.step)
             key = checkpoint()
@@ -162,9 +171,10 @@ def _stop_requested(ctx: StageContext, d: distributed.DistEnv) -> bool:
 
 
 def snapshot(
-    recipe: Recipe, ctx: StageContext, trainer: Trainer, history: list[dict[str, float]], values: dict[str, float]
+    recipe: Recipe, ctx: StageContext, trainer: Trainer, history: list[dict[str, float]], values: dict[str, float],
+    events: TrainingEvents | None = None,
 ) -> None:
-    """Grid, metric history, stats and curves of the current state (rank 0)."""
+    """Grid, metric history, stats, curves and TensorBoard events of the current state (rank 0)."""
     prog = trainer.progress
     kimg = prog.cur_nimg / 1000
     tag = f"{prog.cur_nimg:09d}"  # images shown
@@ -175,6 +185,8 @@ def snapshot(
         ctx.store.put_text(ctx.key("metrics.jsonl"), stats_jsonl(history))
     ctx.store.put_text(ctx.key("stats.jsonl"), stats_jsonl(prog.stats))
     ctx.store.put_bytes(ctx.key("curves.png"), curves_png(prog.stats, history))
+    if events is not None:
+        events.snapshot(prog.cur_nimg, values, grid)
     shown = " ".join(f"{k} {v:.4g}" for k, v in values.items())
     ctx.log.info(f"snapshot at kimg {kimg:.2f}: samples/grid-{tag}.png {shown}".rstrip())
 

@@ -46,11 +46,11 @@ def run_synthesis(tmp_path: Path) -> Any:
 
 @pytest.fixture
 def dataset_bytes() -> Any:
-    """f(store, prefix) -> {name: bytes} of a dataset's objects but the manifest (it has a creation time) and the
-    wids index (it has the dataset's name); the manifests' shard lists are compared instead."""
+    """f(store, prefix) -> {name: bytes} of a dataset's objects but the manifest (it has a creation time), the
+    wids index and the card (they have the dataset's name); the manifests' shard lists are compared instead."""
 
     def read(store: Any, prefix: str) -> dict[str, bytes]:
         return {i.key[len(prefix) + 1:]: store.get_bytes(i.key) for i in store.list(prefix + "/")
-                if not i.key.endswith(("manifest.json", "wids-index.json"))}
+                if not i.key.endswith(("manifest.json", "wids-index.json", "README.md"))}
 
     return read

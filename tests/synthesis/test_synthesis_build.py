@@ -26,8 +26,8 @@ def test_layout_manifest_and_shards(store: Any, make_cfg: Any, run_synthesis: An
     assert m["options"]["first_seed"] == 100 and m["network"]["img_resolution"] == 16
     assert {"torch", "numpy", "pillow", "cleftgan_hpc"} <= set(m["software"])
     names = sorted(i.key.rsplit("/", 1)[-1] for i in store.list("datasets/toy/"))
-    assert names == ["manifest.json", "network.safetensors", "options.json", "shard-000000.tar", "shard-000001.tar",
-                     "shard-000002.tar", "wids-index.json"]
+    assert names == ["README.md", "manifest.json", "network.safetensors", "options.json", "shard-000000.tar",
+                     "shard-000001.tar", "shard-000002.tar", "wids-index.json"]
     wids = store.get_json("datasets/toy/wids-index.json")
     assert wids["__kind__"] == "wids-shard-index-v1" and wids["shardlist"][2] == {
         "url": "shard-000002.tar", "nsamples": 2, "filesize": m["shards"][2]["bytes"]}
