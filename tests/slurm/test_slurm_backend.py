@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from slurm_helpers import job_ids, sacct_state, slurm, submit, wait_idle, wait_state, write_spec
 from tiny_nets import save_tiny_generator
+from waiting import wait_for
 
 from cleftgan_hpc.launch.slurm import SlurmLauncher, read_record
 from cleftgan_hpc.plan import make_plan
@@ -154,7 +155,10 @@ def test_gpu_request_gets_cuda_visible_devices(tmp_path: Path) -> None:
     assert run.status("faces").state == "done", run.status("faces").error
     assert "GPUs 0,1" in log_text(run, "faces")  # StageJob prints CUDA_VISIBLE_DEVICES
     jid = job_ids(run, "faces")[0]
-    assert "gres/gpu=2" in slurm("sacct", "-n", "-P", "-X", "-o", "AllocTRES", "-j", jid)
+    # slurmdbd records the allocation a moment after the job ends: wait for accounting to catch up
+    tres = wait_for(lambda: slurm("sacct", "-n", "-P", "-X", "-o", "AllocTRES", "-j", jid).strip(), 60,
+                    f"sacct's AllocTRES of job {jid}", interval=0.5)
+    assert "gres/gpu=2" in tres
 
 
 FINETUNE = """
@@ -226,7 +230,10 @@ def test_finetune_runs_one_task_per_gpu(tmp_path: Path, tiny_dataset: Path, monk
     text = log_text(run, "train")
     assert st.state == "done", (st.error, text[-3000:])
     assert "rank 0, slurm job" in text and "rank 1, slurm job" in text
-    assert "gres/gpu=2" in slurm("sacct", "-n", "-P", "-X", "-o", "AllocTRES", "-j", jid)
+    # slurmdbd records the allocation a moment after the job ends: wait for accounting to catch up
+    tres = wait_for(lambda: slurm("sacct", "-n", "-P", "-X", "-o", "AllocTRES", "-j", jid).strip(), 60,
+                    f"sacct's AllocTRES of job {jid}", interval=0.5)
+    assert "gres/gpu=2" in tres
 
 
 def test_time_limit_requeues_the_stage(tmp_path: Path) -> None:
@@ -288,7 +295,12 @@ def test_array_synthesis_splits_at_max_array_size_with_parallelism_2(
     text = log_text(run, "synth")
     for i in range(10):
         assert f"task {i}/10" in text
-    detail = describe(run)["synth"]
+    # every task must have reached accounting, not only left the queue
+    def both_recorded() -> str | None:
+        d = describe(run)["synth"]
+        return d if f"{second} 2 COMPLETED" in d else None
+
+    detail = wait_for(both_recorded, 60, "sacct to record both tasks of the second array chunk", interval=0.5)
     assert f"{first} 8 COMPLETED" in detail and f"{second} 2 COMPLETED" in detail
     assert f"commit {commit} COMPLETED" in detail
     # At most two tasks at once: no instant has three running (sacct start/end, 1 s resolution).
