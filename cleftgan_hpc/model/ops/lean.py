@@ -152,9 +152,12 @@ class LeanFilteredLReLU(torch.autograd.Function):
         else:
             g = grad_out * ctx.gain
         codes = list(codes)
-        if ctx.has_slope:  # the derivative of leaky ReLU: slope where u <= 0, else 1
-            scale = unpack_bits(codes.pop(0), ctx.u_shape).to(g.dtype).mul_(ctx.slope - 1).add_(1)
-            g = g * scale
+        if ctx.has_slope:  # the derivative of leaky ReLU: slope where u <= 0, else 1: g + (slope - 1) * g * m
+            negative = unpack_bits(codes.pop(0), ctx.u_shape).to(g.dtype)
+            if torch.is_grad_enabled():  # a double backward records this: no in-place
+                g = torch.addcmul(g, g, negative, value=ctx.slope - 1)
+            else:  # g is this function's own intermediate: one fused pass, in place
+                g = g.addcmul_(g, negative, value=ctx.slope - 1)
         if ctx.has_clamp:
             g = g.masked_fill(unpack_bits(codes.pop(0), ctx.u_shape), 0)
         if fu is not None or ctx.up != 1 or any(ctx.padding):

@@ -110,6 +110,24 @@ def upfirdn2d(
 # without keeping anything from the forward but shapes.
 
 
+def _conv_transpose_input_grad(
+    g: torch.Tensor,
+    in_shape: list[int],
+    w: torch.Tensor,
+    stride: tuple[int, int] | int,
+    padding: tuple[int, int] | int,
+    groups: int,
+) -> torch.Tensor:
+    """The gradient of conv_transpose2d(x, w, stride, padding) w.r.t. x, through the same kernel
+    autograd uses (a plain conv2d is its mathematical equal, but slower for depthwise filters)."""
+    stride = (stride, stride) if isinstance(stride, int) else stride
+    padding = (padding, padding) if isinstance(padding, int) else padding
+    x = g.new_empty(1).expand(in_shape)  # only its shape is read
+    return torch.ops.aten.convolution_backward(
+        g, x, w, None, list(stride), list(padding), [1, 1], True, [0, 0], groups, [True, False, False]
+    )[0]
+
+
 def _unslice(g: torch.Tensor, dims: tuple[int, ...], lengths: tuple[int, ...], step: int) -> torch.Tensor:
     """The transpose of x[..., ::step] along ``dims`` (full lengths given): zeros between."""
     shape = list(g.shape)
@@ -140,7 +158,9 @@ def fir_axis_transpose(
             g = _unslice(g, (dim,), (out_len,), down)
         g = _pad_axis(g, dim, start - crop, end - crop)
         padding = (crop, 0) if dim == 2 else (0, crop)
-        return F.conv2d(g, _depthwise(h, c, dim, g.dtype), stride=stride, padding=padding, groups=c)
+        shape = list(g.shape)
+        shape[dim] = length
+        return _conv_transpose_input_grad(g, shape, _depthwise(h, c, dim, g.dtype), stride, padding, c)
     w = _depthwise(f.flip(0) if not flip_filter else f, c, dim, g.dtype)
     stride = (down, 1) if dim == 2 else (1, down)
     shape = list(g.shape)
@@ -183,7 +203,8 @@ def upfirdn2d_transpose(
         full_h, full_w = (in_h - 1) * up + kh, (in_w - 1) * up + kw  # the transposed conv's output
         sx, sy = kw - 1 - px0, kh - 1 - py0
         g = F.pad(g, [sx, full_w - sx - out_w, sy, full_h - sy - out_h])
-        return F.conv2d(g, h[None, None].expand(c, 1, kh, kw).contiguous(), stride=up, groups=c)
+        w = h[None, None].expand(c, 1, kh, kw).contiguous()
+        return _conv_transpose_input_grad(g, [g.shape[0], c, in_h, in_w], w, up, 0, c)
     w = (f.flip([0, 1]) if not flip_filter else f)[None, None].expand(c, 1, kh, kw).contiguous()
     if px0 == px1 == py0 == py1 and px0 >= 0:
         return torch.nn.grad.conv2d_input([g.shape[0], c, in_h, in_w], w, g, stride=down, padding=px0, groups=c)
