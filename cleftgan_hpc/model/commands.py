@@ -1,4 +1,4 @@
-"""CLI commands of the model package: `convert` and `generate` (torch is imported only when they run)."""
+"""CLI commands of the model package: `convert`, `export` and `generate` (torch is imported only when they run)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def _pair(text: str) -> tuple[float, float]:
 
 
 def add_commands(subparsers: Any) -> None:
-    """Register `convert` and `generate` on the main CLI's subparsers."""
+    """Register `convert`, `export` and `generate` on the main CLI's subparsers."""
     p = subparsers.add_parser(
         "convert",
         help="convert an official StyleGAN2/3 pickle to our safetensors network file",
@@ -34,6 +34,16 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("input", metavar="IN.pkl", help="official network pickle (or one of our network files)")
     p.add_argument("output", metavar="OUT", help="output network file, e.g. network.safetensors")
     p.set_defaults(func=convert_command)
+
+    p = subparsers.add_parser(
+        "export",
+        help="write a network as a pickle for the reference StyleGAN3 code and its tools",
+        description="Read NETWORK (our file or an official pickle) and write OUT.pkl, which the reference's "
+        "legacy.load_network_pkl loads into its own classes (the pickle names them, carries no code).",
+    )
+    p.add_argument("input", metavar="NETWORK", help="our network file or an official pickle")
+    p.add_argument("output", metavar="OUT.pkl", help="output pickle for the reference implementation")
+    p.set_defaults(func=export_command)
 
     p = subparsers.add_parser(
         "generate",
@@ -65,6 +75,21 @@ def convert_command(args: argparse.Namespace) -> int:
         raise CleftGanError(f"cannot write {args.output}: {e.strerror or e}") from e
     present = [k for k in ("G", "D", "G_ema") if getattr(net, k) is not None]
     print(f"wrote {args.output} ({', '.join(present)}; augment_p={net.augment_p})")
+    return 0
+
+
+def export_command(args: argparse.Namespace) -> int:
+    """`export NETWORK OUT.pkl`: any network file -> a pickle the reference loads."""
+    from ..errors import CleftGanError
+    from . import load_network
+    from .export import export_file
+
+    net = load_network(args.input)
+    try:
+        export_file(net, args.output)
+    except OSError as e:
+        raise CleftGanError(f"cannot write {args.output}: {e.strerror or e}") from e
+    print(f"wrote {args.output} (G, D, G_ema for the reference's legacy.load_network_pkl)")
     return 0
 
 

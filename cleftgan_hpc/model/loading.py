@@ -20,12 +20,17 @@ def load_network(path: str | os.PathLike[str]) -> Network:
     path = Path(path)
     try:
         with open(path, "rb") as f:
-            head = f.read(16)
+            head = f.read(256)
             f.seek(0)
             # safetensors: an 8-byte header length, then the JSON header; checked first because
             # that length's low byte can be 0x80, the pickle protocol opcode
             is_safetensors = len(head) >= 9 and head[8:9] == b"{"
-            net = None if is_safetensors or head[:1] != b"\x80" else Network(**read_official_pickle(f))
+            if is_safetensors or head[:1] != b"\x80":
+                net = None
+            else:
+                from cleftgan_hpc.model.export import is_exported_pickle, read_exported  # it imports us
+
+                net = read_exported(f) if is_exported_pickle(head) else Network(**read_official_pickle(f))
     except OSError as e:
         raise NetworkFormatError(f"cannot open network file {path}: {e.strerror or e}") from e
     except (UnsafePickleError, NetworkFormatError) as e:  # name the file: the CLI prints only this line

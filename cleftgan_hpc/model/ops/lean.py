@@ -206,13 +206,13 @@ class ModulatedConv(torch.autograd.Function):
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor):  # noqa: ANN205
         x, scale, weight = ctx.saved_tensors
         s = scale.reshape(*scale.shape, 1, 1)
-        grad_x = grad_scale = grad_w = None
-        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            grad_xs = torch.nn.grad.conv2d_input(x.shape, weight, grad, padding=ctx.padding)
-            if ctx.needs_input_grad[0]:
-                grad_x = grad_xs * s
-            if ctx.needs_input_grad[1]:
-                grad_scale = (grad_xs * x).sum([2, 3])
-        if ctx.needs_input_grad[2]:
-            grad_w = torch.nn.grad.conv2d_weight(x * s, weight.shape, grad, padding=ctx.padding)
+        want_xs = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        # one call for both gradients, as autograd makes it (the weight's needs the modulated input again)
+        xs = x * s if ctx.needs_input_grad[2] else x.new_empty(1).expand(x.shape)
+        pad = [ctx.padding, ctx.padding]
+        grad_xs, grad_w, _ = torch.ops.aten.convolution_backward(
+            grad, xs, weight, None, [1, 1], pad, [1, 1], False, [0, 0], 1, [want_xs, ctx.needs_input_grad[2], False]
+        )
+        grad_x = grad_xs * s if ctx.needs_input_grad[0] else None
+        grad_scale = (grad_xs * x).sum([2, 3]) if ctx.needs_input_grad[1] else None
         return grad_x, grad_scale, grad_w, None
