@@ -13,7 +13,8 @@ reference's, so its pickles load tensor by tensor (official_pickle.py).
 
 `noise_mode` is "const" (the stored noise buffers: deterministic, the default here, as in the
 reference's image scripts), "random" (fresh noise from torch's generator, as in training; drawn
-in the reference's order, so a torch seed gives the reference's images) or "none".
+in the reference's order, so a torch seed gives the reference's images; or from
+`noise_generator` when given, as training draws it) or "none".
 """
 
 from __future__ import annotations
@@ -171,6 +172,7 @@ class StyleGAN2Synthesis(nn.Module):
         force_fp32: bool = False,  # never use low precision
         noise_mode: str = "const",  # "const" (stored noise), "random" (fresh noise) or "none"
         fused_modconv: bool | None = None,  # accepted for the reference's call semantics (no effect)
+        noise_generator: torch.Generator | None = None,  # draws the "random" noise (None: torch's global one)
     ) -> torch.Tensor:  # [N, img_channels, img_resolution, img_resolution]
         del update_emas, fused_modconv
         if noise_mode not in NOISE_MODES:
@@ -182,10 +184,8 @@ class StyleGAN2Synthesis(nn.Module):
         layers = [layer for block in self.blocks() for layer in block.layers()]
         noises: list[torch.Tensor | None] = [None] * len(layers)
         if noise_mode == "random":  # drawn up front, for the whole batch, in the reference's order
-            noises = [
-                torch.randn([n, 1, layer.resolution, layer.resolution], device=ws.device) if layer.use_noise else None
-                for layer in layers
-            ]
+            noises = [self._noise([n, 1, layer.resolution, layer.resolution], ws.device, noise_generator)
+                      if layer.use_noise else None for layer in layers]
         step = n
         if ws.device.type == "cpu" and not ops.using_plain_ops():
             step = self._batch_chunk(n)
@@ -198,6 +198,12 @@ class StyleGAN2Synthesis(nn.Module):
             part = [x[start : start + step] if x is not None else None for x in noises]
             outs.append(self._run(ws[start : start + step], noise_mode, part, force_fp32))
         return torch.cat(outs)
+
+    @staticmethod
+    def _noise(shape: list[int], device: torch.device, gen: torch.Generator | None) -> torch.Tensor:
+        if gen is None:
+            return torch.randn(shape, device=device)
+        return torch.randn(shape, generator=gen, device=gen.device).to(device)  # a seeded draw (training)
 
     def _batch_chunk(self, n: int) -> int:
         """Samples per chunk so that no layer's output exceeds the chunk budget."""
@@ -265,10 +271,12 @@ class StyleGAN2Generator(nn.Module):
         force_fp32: bool = False,  # never use low precision
         noise_mode: str = "const",  # "const", "random" (training) or "none"
         fused_modconv: bool | None = None,  # accepted for the reference's call semantics (no effect)
+        noise_generator: torch.Generator | None = None,  # draws the "random" noise (None: torch's global one)
     ) -> torch.Tensor:  # [N, img_channels, H, W]
         ws = self.mapping(
             z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff, update_emas=update_emas
         )
         return self.synthesis(
-            ws, update_emas=update_emas, force_fp32=force_fp32, noise_mode=noise_mode, fused_modconv=fused_modconv
+            ws, update_emas=update_emas, force_fp32=force_fp32, noise_mode=noise_mode, fused_modconv=fused_modconv,
+            noise_generator=noise_generator,
         )

@@ -25,7 +25,18 @@ from cleftgan_hpc.jobspec.stages import FinetuneStage
 from cleftgan_hpc.seeds import derive_seed
 from cleftgan_hpc.training import distributed
 from cleftgan_hpc.training.loop import train
-from cleftgan_hpc.training.recipe import R1_INTERVAL, AdamSettings, Recipe, schedule
+from cleftgan_hpc.training.recipe import (
+    PL_BATCH_SHRINK,
+    PL_DECAY,
+    PL_INTERVAL,
+    PL_NO_WEIGHT_GRAD,
+    PL_WEIGHT,
+    R1_INTERVAL,
+    STYLEGAN2_MIXING_PROB,
+    AdamSettings,
+    Recipe,
+    schedule,
+)
 from cleftgan_hpc.training.snapshot_metrics import SnapshotMetrics
 from cleftgan_hpc.training.state import CheckpointStore
 from cleftgan_hpc.training.trainer import Networks, TrainData, Trainer, copy_networks
@@ -46,6 +57,8 @@ def make_recipe(cfg: FinetuneStage, device_type: str = "cpu", world_size: int | 
             + (f" in rounds of batch_per_gpu {cfg.batch_per_gpu}" if cfg.batch_per_gpu else "")
         )
     low_precision = device_type == "cuda" and cfg.precision in ("auto", "fp16", "bf16")
+    sg2 = cfg.cfg == "stylegan2"  # the reference's StyleGAN2 recipe: style mixing, lazy path length
+    pl_interval = PL_INTERVAL if sg2 else None
     return Recipe(
         batch=cfg.batch,
         world_size=world,
@@ -62,11 +75,18 @@ def make_recipe(cfg: FinetuneStage, device_type: str = "cpu", world_size: int | 
         metrics=tuple(cfg.metrics),
         metric_samples=cfg.metric_samples,
         grid_seeds=cfg.grid_seeds,
-        g_adam=AdamSettings.for_interval(cfg.glr, None),
+        g_adam=AdamSettings.for_interval(cfg.glr, pl_interval),
         d_adam=AdamSettings.for_interval(cfg.dlr, R1_INTERVAL),
         r1_gamma=cfg.gamma,
         r1_interval=R1_INTERVAL,
         freeze_d=cfg.freeze_d,
+        style_mixing_prob=STYLEGAN2_MIXING_PROB if sg2 else 0.0,
+        pl_interval=pl_interval,
+        pl_weight=PL_WEIGHT if sg2 else 0.0,
+        pl_batch_shrink=PL_BATCH_SHRINK,
+        pl_batch_per_round=max(per_round // PL_BATCH_SHRINK, 1),
+        pl_decay=PL_DECAY,
+        pl_no_weight_grad=PL_NO_WEIGHT_GRAD,
         ema_nimg=(cfg.ema_kimg if cfg.ema_kimg is not None else cfg.batch * 10 / 32) * 1000,  # the reference's
         ema_rampup=cfg.ema_rampup,
         augment=None if cfg.augment == "none" else (
@@ -144,7 +164,7 @@ def subset(count: int, max_images: int | None, seed: int, what: str) -> np.ndarr
 def build_networks(
     cfg: FinetuneStage, recipe: Recipe, ctx: StageContext, data: TrainData, device: torch.device
 ) -> Networks:
-    from cleftgan_hpc.model import Discriminator, Generator, load_network
+    from cleftgan_hpc.model import Discriminator, Generator, StyleGAN2Generator, load_network
 
     res, channels = data.images.shape[-1], data.images.shape[1]
     c_dim = data.labels.shape[1] if data.labels is not None else 0
@@ -153,21 +173,35 @@ def build_networks(
         is_r = recipe.architecture == "stylegan3-r"
         mult = 2 if is_r else 1
         torch.manual_seed(recipe.seed)  # the initial weights are part of the run's seed
-        G = Generator(
-            r.z_dim,
-            c_dim,
-            r.w_dim,
-            res,
-            channels,
-            mapping_kwargs={"num_layers": r.mapping_layers},
-            channel_base=r.channel_base * mult,
-            channel_max=r.channel_max * mult,
-            num_fp16_res=recipe.num_fp16_res,
-            low_precision_dtype=recipe.low_precision_dtype,
-            conv_kernel=1 if is_r else 3,
-            use_radial_filters=is_r,
-            magnitude_ema_beta=recipe.magnitude_ema_beta,
-        )
+        if recipe.architecture == "stylegan2":
+            G = StyleGAN2Generator(
+                r.z_dim,
+                c_dim,
+                r.w_dim,
+                res,
+                channels,
+                mapping_kwargs={"num_layers": r.mapping_layers},  # 8 unless set (the settings resolve it)
+                channel_base=r.channel_base,
+                channel_max=r.channel_max,
+                num_fp16_res=recipe.num_fp16_res,
+                low_precision_dtype=recipe.low_precision_dtype,
+            )
+        else:
+            G = Generator(
+                r.z_dim,
+                c_dim,
+                r.w_dim,
+                res,
+                channels,
+                mapping_kwargs={"num_layers": r.mapping_layers},
+                channel_base=r.channel_base * mult,
+                channel_max=r.channel_max * mult,
+                num_fp16_res=recipe.num_fp16_res,
+                low_precision_dtype=recipe.low_precision_dtype,
+                conv_kernel=1 if is_r else 3,
+                use_radial_filters=is_r,
+                magnitude_ema_beta=recipe.magnitude_ema_beta,
+            )
         D = Discriminator(
             c_dim,
             res,

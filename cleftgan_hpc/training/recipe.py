@@ -14,6 +14,15 @@ from dataclasses import asdict, dataclass
 
 R1_INTERVAL = 16  # lazy R1 every 16 D steps (StyleGAN3 has no G regulariser: G's Adam is unscaled)
 
+# The reference's StyleGAN2 recipe (its train.py, cfg stylegan2): style mixing, and lazy
+# path-length regularisation of G every 4 G steps on half the batch.
+STYLEGAN2_MIXING_PROB = 0.9
+PL_INTERVAL = 4
+PL_WEIGHT = 2.0
+PL_BATCH_SHRINK = 2
+PL_DECAY = 0.01
+PL_NO_WEIGHT_GRAD = True
+
 
 @dataclass(frozen=True)
 class AdamSettings:
@@ -57,11 +66,18 @@ class Recipe:
     grid_seeds: int
 
     # -- optimisers and loss -------------------------------------------------------------------
-    g_adam: AdamSettings
+    g_adam: AdamSettings  # scaled for lazy path-length regularisation (stylegan2), else unscaled
     d_adam: AdamSettings  # scaled for lazy R1
     r1_gamma: float
     r1_interval: int
     freeze_d: int  # the first N discriminator layers do not train (Freeze-D)
+    style_mixing_prob: float  # of each G run's (slice's) ws, a random tail from a second z (stylegan2: 0.9)
+    pl_interval: int | None  # path-length regularisation of G every this many steps (stylegan2: 4); None: never
+    pl_weight: float
+    pl_batch_shrink: int
+    pl_batch_per_round: int  # max(batch_per_round // pl_batch_shrink, 1): the first samples of each round
+    pl_decay: float  # of the pl_mean EMA (in the checkpoint's progress)
+    pl_no_weight_grad: bool  # the path-length gradient (w.r.t. ws) computes no weight gradients
 
     # -- G_ema ---------------------------------------------------------------------------------
     ema_nimg: float  # half-life of G_ema's weights
@@ -83,7 +99,7 @@ class Recipe:
     conditional: bool
 
     # -- networks and precision --------------------------------------------------------------------
-    architecture: str  # stylegan3-t or stylegan3-r (of a random network; a loaded one keeps its own)
+    architecture: str  # stylegan3-t, stylegan3-r or stylegan2 (of a random network; a loaded one keeps its own)
     num_fp16_res: int  # reduced precision in the layers of the highest this-many resolutions (0: none)
     low_precision_dtype: str  # float16 or bfloat16
     magnitude_ema_beta: float  # the synthesis layers' input-magnitude EMA, per batch
@@ -105,6 +121,10 @@ class Recipe:
             return 0.0
         return max(1 - cur_nimg / self.blur_fade_nimg, 0) * self.blur_init_sigma
 
+    def pl_due(self, step: int) -> bool:
+        """Whether the step numbered ``step`` (from 0) runs the path-length phase."""
+        return self.pl_interval is not None and self.pl_weight > 0 and step % self.pl_interval == 0
+
     def snapshot_due(self, prev_nimg: int, cur_nimg: int) -> bool:
         """Whether a step from ``prev_nimg`` to ``cur_nimg`` images crossed a snapshot boundary."""
         return math.floor(cur_nimg / self.snapshot_nimg) > math.floor(prev_nimg / self.snapshot_nimg)
@@ -124,6 +144,9 @@ class Recipe:
             "length": ("kimg", "total_steps", "total_nimg", "snapshot_nimg", "tick_nimg", "keep_checkpoints"),
             "snapshots": ("metrics", "metric_samples", "grid_seeds", "seed"),
             "loss": ("g_adam", "d_adam", "r1_gamma", "r1_interval", "freeze_d"),
+            "G reg": ("style_mixing_prob", "pl_interval", "pl_weight", "pl_batch_shrink",
+                      "pl_batch_per_round", "pl_decay",
+                      "pl_no_weight_grad"),
             "G_ema": ("ema_nimg", "ema_rampup"),
             "augment": ("augment", "augment_p", "ada_target", "ada_interval", "ada_kimg"),
             "blur": ("blur_init_sigma", "blur_fade_nimg"),

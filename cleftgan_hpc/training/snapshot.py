@@ -39,7 +39,7 @@ def curves_png(stats: list[dict[str, float]], metrics: list[dict[str, float]]) -
     panels = [
         ("losses", ["loss_G", "loss_D"]),
         ("D scores", ["scores_real", "scores_fake"]),
-        ("R1 penalty", ["r1_penalty"]),
+        ("regularisers", ["r1_penalty", "pl_penalty"]),  # pl: StyleGAN2 only
         ("augment p", ["augment_p"]),
     ]
     names = sorted({k for m in metrics for k in m if k != "kimg"})

@@ -31,6 +31,7 @@ class TrainProgress:
     cur_nimg: int = 0  # real images shown
     ada_p: float = 0.0  # the augmentation probability in use
     ada_state: dict[str, Any] = field(default_factory=dict)  # the ADA controller's pending sums and phase
+    pl_mean: float = 0.0  # the path-length regulariser's running mean length (StyleGAN2), a float32 value
     train_seconds: float = 0.0  # wall time spent training, over all attempts
     best_metric: float | None = None
     best_key: str | None = None

@@ -37,6 +37,7 @@ SCALAR_TAGS = {
     "scores_real": "Loss/scores/real",
     "scores_fake": "Loss/scores/fake",
     "r1_penalty": "Loss/r1_penalty",
+    "pl_penalty": "Loss/pl_penalty",
     "augment_p": "Progress/augment",
 }
 

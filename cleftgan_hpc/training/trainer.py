@@ -3,11 +3,12 @@
 ``Trainer`` holds the networks, optimisers, augmentation and counters of a run and takes one
 step of the global batch; ``loop.train`` runs it to the end. It reads only the ``Recipe``.
 
-Exactness: every random draw comes from a generator seeded by (seed, step, purpose[, rank,
-round]), real images are drawn from an epoch permutation seeded by (seed, epoch), and the
-checkpoint holds every optimiser and network state, so a run stopped at any step and resumed
-ends with the same weights as one that never stopped. The global batch is drawn once and
-sliced per process, so N processes see the same samples as one process accumulating N rounds.
+Exactness: every random draw (StyleGAN2's style mixing and per-pixel noise included) comes
+from a generator seeded by (seed, step, purpose[, slice]), real images are drawn from an epoch
+permutation seeded by (seed, epoch), and the checkpoint holds every optimiser and network
+state and pl_mean, so a run stopped at any step and resumed ends with the same weights as one
+that never stopped. The global batch is drawn once and sliced per process, so N processes see
+the same samples as one process accumulating N rounds.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 
 from cleftgan_hpc.errors import CleftGanError
+from cleftgan_hpc.model.stylegan2 import StyleGAN2Synthesis
 from cleftgan_hpc.seeds import derive_seed
 from cleftgan_hpc.seeds import seeded_generator as generator
 from cleftgan_hpc.training import distributed
@@ -118,8 +120,11 @@ class Trainer:
         self.d_params = [p for p in self.nets.D.parameters() if p.requires_grad]
         self.opt_G = adam(self.g_params, r.g_adam)
         self.opt_D = adam(self.d_params, r.d_adam)
-        self.loss = Loss(self.nets.G, self.nets.D, self.augment, r.r1_gamma)
+        self.loss = Loss(self.nets.G, self.nets.D, self.augment, r.r1_gamma, style_mixing_prob=r.style_mixing_prob,
+                         pl_weight=r.pl_weight, pl_decay=r.pl_decay)
         self.progress = TrainProgress(ada_p=r.augment_p or 0.0)
+        # G draws its own randomness (style mixing, StyleGAN2's per-pixel noise) from seeded generators
+        self.g_draws = r.style_mixing_prob > 0 or isinstance(self.nets.G.synthesis, StyleGAN2Synthesis)
         self.ada = (  # p from D's over-confidence on reals, unless p is fixed or nothing augments
             AdaController(AdaConfig(r.ada_target, r.ada_interval, r.ada_kimg), r.batch)
             if r.augment_p is None and self.augment is not None else None
@@ -187,19 +192,51 @@ class Trainer:
             # whether they are one process's round r or another process's whole share
             return generator("augment", r.seed, step, phase, lo + rnd * r.batch_per_round)
 
+        def g_gen(phase: str, rnd: int) -> torch.Generator | None:
+            # G's own draws (style mixing, StyleGAN2's noise), keyed the same way; StyleGAN3 draws none
+            if not self.g_draws:
+                return None
+            return generator("G", r.seed, step, phase, lo + rnd * r.batch_per_round)
+
         # G main.
         for p in self.d_params:
             p.requires_grad_(False)
         self.opt_G.zero_grad(set_to_none=True)
         for rnd in range(r.rounds):
             sl = slice(lo + rnd * r.batch_per_round, lo + (rnd + 1) * r.batch_per_round)
-            loss, s = self.loss.g_main(z_all[0, sl].to(dev), gen_c(0, sl), aug_gen("G", rnd))
+            loss, s = self.loss.g_main(z_all[0, sl].to(dev), gen_c(0, sl), aug_gen("G", rnd), g_gen("G", rnd))
             self._check(loss, "G")
             (loss / r.rounds).backward()
             add(s)
         for p in self.d_params:
             p.requires_grad_(True)
         self._opt_step(self.opt_G, self.g_params)
+
+        # G reg: path length every pl_interval batches, on the first pl_batch_per_round samples of
+        # each round (a separate optimiser step, as the reference). Every round moves pl_mean from
+        # the same value and the results are averaged, as the EMAs below.
+        if r.pl_due(step):
+            gp = generator("pl", r.seed, step)  # its own global draw: the G and D phases' draws stay as they are
+            pl_z = torch.randn([r.batch, G.z_dim], generator=gp)
+            pl_c_idx = torch.randint(0, max(len(self.data), 1), [r.batch], generator=gp).numpy()
+            pl_mean = torch.tensor(prog.pl_mean, dtype=torch.float32)
+            pl_sum = torch.zeros([], dtype=torch.float32)
+            self.opt_G.zero_grad(set_to_none=True)
+            for rnd in range(r.rounds):
+                start = lo + rnd * r.batch_per_round
+                sl = slice(start, start + r.pl_batch_per_round)
+                c = None if self.data.labels is None else (
+                    self.data.labels[pl_c_idx[sl] % self.data.images.shape[0]].to(dev))
+                loss, moved, s = self.loss.g_pl(
+                    pl_z[sl].to(dev), c, generator("G", r.seed, step, "pl", start), pl_mean, r.pl_interval
+                )
+                self._check(loss, "path length")
+                (loss / r.rounds).backward()
+                add(s)
+                pl_sum += moved.float().cpu()
+            self._opt_step(self.opt_G, self.g_params)
+            world = self.dist_env.world_size
+            prog.pl_mean = float(distributed.all_sum(pl_sum, world) / (r.rounds * world))
 
         # D main, and R1 every r1_interval batches (a separate optimiser step, as the reference).
         # G's running averages (w_avg, magnitude_ema) update here; every round starts from the
@@ -214,7 +251,8 @@ class Trainer:
             for b, b0 in zip(emas, before, strict=True):
                 b.copy_(b0)
             real, real_c = self.data.batch(real_idx[sl], dev)
-            loss, s = self.loss.d_main(real, real_c, z_all[1, sl].to(dev), gen_c(1, sl), aug_gen("D", rnd))
+            loss, s = self.loss.d_main(real, real_c, z_all[1, sl].to(dev), gen_c(1, sl), aug_gen("D", rnd),
+                                       g_gen("D", rnd))
             self._check(loss, "D")
             (loss / r.rounds).backward()
             add(s)

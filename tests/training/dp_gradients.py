@@ -1,6 +1,6 @@
 """Record what data-parallel training averages, with the weights frozen (learning rates 0).
 
-``python dp_gradients.py DATASET OUT.pt`` runs the first training steps of a tiny network in
+``python dp_gradients.py DATASET OUT.pt [CFG]`` runs the first training steps of a tiny network in
 this process, or as one rank of several when RANK/WORLD_SIZE/MASTER_* are set (as the local
 backend sets them), and rank 0 saves every gradient the optimisers were given (after the
 all-reduce) and G's running averages. With the weights frozen, every phase of every step
@@ -29,12 +29,12 @@ from cleftgan_hpc.training.trainer import Trainer
 STEPS = 2  # step 0 runs G, D and the lazy R1; step 1 runs G and D on the next samples
 
 
-def main(dataset: str, out: str) -> None:
+def main(dataset: str, out: str, arch: str = "stylegan3-t") -> None:
     d = distributed.detect()
     device = torch.device("cpu")
     distributed.init(d, device)
     cfg = FinetuneStage.model_validate(dict(
-        kind="finetune", network="random", dataset=dataset, batch=8, kimg=1, seed=5, augment="bgc", augment_p=0.5,
+        kind="finetune", network="random", dataset=dataset, cfg=arch, batch=8, kimg=1, seed=5, augment="bgc", augment_p=0.5,
         random_network={"channel_base": 256, "channel_max": 16, "z_dim": 16, "w_dim": 16},
         processes=d.world_size, batch_per_gpu=4,  # 1 process: 2 rounds of 4; 2 processes: 1 round of 4 each
     ))
@@ -53,7 +53,7 @@ def main(dataset: str, out: str) -> None:
         trainer.step()
     if d.is_main:
         buffers = {k: v.clone() for k, v in nets.G.named_buffers() if k.endswith(("w_avg", "magnitude_ema"))}
-        torch.save({"grads": records, "buffers": buffers}, out)
+        torch.save({"grads": records, "buffers": buffers, "pl_mean": trainer.progress.pl_mean}, out)
     distributed.shutdown()
 
 
@@ -71,4 +71,4 @@ def _recording(opt: torch.optim.Optimizer, records: list[list[torch.Tensor]]):  
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(*sys.argv[1:4])

@@ -24,15 +24,22 @@ NetworkInput = input_or("random")
 ExtractorInput = input_or("demo")
 
 
+# The reference's stylegan2 configuration where it differs from StyleGAN3's defaults: spec
+# defaults, so they live with the spec (the recipe's derived values live in training/recipe.py).
+STYLEGAN2_MAPPING_LAYERS = 8  # of a random network (StyleGAN3: 2)
+STYLEGAN2_GLR = 0.002  # G's default learning rate (StyleGAN3: 0.0025)
+
 class RandomNetwork(Strict):
-    """A freshly initialised StyleGAN3 network (``network: random``), for demos and tests.
-    The resolution is the dataset's."""
+    """A freshly initialised network (``network: random``) of the architecture ``cfg``, for demos
+    and tests. The resolution is the dataset's."""
 
     channel_base: int = Field(2048, ge=64, le=65536, description="Feature map budget: channels = base / resolution.")
     channel_max: int = Field(64, ge=4, le=1024, description="Most channels in any layer.")
     z_dim: int = Field(64, ge=1, le=1024, description="Latent z width.")
     w_dim: int = Field(64, ge=1, le=1024, description="Intermediate latent w width.")
-    mapping_layers: int = Field(2, ge=1, le=8, description="Mapping network depth (StyleGAN3: 2).")
+    mapping_layers: int = Field(
+        2, ge=1, le=8, description="Mapping network depth (StyleGAN3: 2); with cfg stylegan2 8 unless given."
+    )
 
 
 AugmentOpName = Literal[
@@ -62,8 +69,10 @@ class FinetuneSettings(Strict):
     """The training recipe: every finetune field except what it reads (a sweep varies these)."""
 
     random_network: RandomNetwork = Field(default_factory=RandomNetwork, description="Used when network is 'random'.")
-    cfg: Literal["stylegan3-t", "stylegan3-r"] = Field(
-        "stylegan3-t", description="Architecture for network: random (a loaded network keeps its own)."
+    cfg: Literal["stylegan3-t", "stylegan3-r", "stylegan2"] = Field(
+        "stylegan3-t",
+        description="The recipe, and the architecture for network: random (a loaded network keeps its own). "
+        "stylegan2 (the paper's baseline) adds style mixing (0.9) and lazy path-length regularisation.",
     )
     kimg: float = Field(
         460, gt=0, le=1e6, description="Training length in thousands of real images shown (paper: 460)."
@@ -73,7 +82,9 @@ class FinetuneSettings(Strict):
         None, ge=1, le=4096, description="Samples per process per round; smaller values accumulate gradients."
     )
     gamma: float = Field(6.6, ge=0, le=1e4, description="R1 weight (transfer to a small face set used 6.6).")
-    glr: float = Field(0.0025, gt=0, le=1, description="Generator Adam learning rate.")
+    glr: float = Field(
+        0.0025, gt=0, le=1, description="Generator Adam learning rate (cfg stylegan2: 0.002 unless given)."
+    )
     dlr: float = Field(0.002, gt=0, le=1, description="Discriminator Adam learning rate.")
     ema_kimg: float | None = Field(None, ge=0, description="G_ema half-life in kimg; default batch * 10 / 32.")
     ema_rampup: float | None = Field(0.05, ge=0, description="G_ema rampup ratio (null: none).")
@@ -122,6 +133,17 @@ class FinetuneSettings(Strict):
         return self.processes or max(self.gpus, 1)
 
     @model_validator(mode="after")
+    def _stylegan2_defaults(self) -> FinetuneSettings:
+        # the reference's StyleGAN2 defaults (mapping depth 8, G lr 0.002), written into the
+        # settings so that the digests (the plan's, a checkpoint's) name what trains; given values stay
+        if self.cfg == "stylegan2":
+            if "mapping_layers" not in self.random_network.model_fields_set:
+                self.random_network.mapping_layers = STYLEGAN2_MAPPING_LAYERS
+            if "glr" not in self.model_fields_set:
+                self.glr = STYLEGAN2_GLR
+        return self
+
+    @model_validator(mode="after")
     def _batches(self) -> FinetuneSettings:
         procs = self.world_size
         if self.batch % procs:
@@ -133,7 +155,7 @@ class FinetuneSettings(Strict):
 
 
 class FinetuneStage(StageBase, FinetuneSettings):
-    """Adapt a pretrained StyleGAN3 network to a small dataset with adaptive discriminator
+    """Adapt a pretrained StyleGAN3 (or StyleGAN2) network to a small dataset with adaptive discriminator
     augmentation (the CleftGAN recipe), checkpointing everything so it resumes exactly."""
 
     kind: Literal["finetune"]
@@ -149,8 +171,9 @@ class FinetuneStage(StageBase, FinetuneSettings):
 
     # the run's length, its snapshots, the learning-rate/ADA knobs (PBT changes those between a
     # checkpoint and its clone) and the hardware (the global batch and every sample's randomness
-    # do not depend on how it is split, so only rounding differs): a checkpoint written under
-    # other values is resumed all the same
+    # do not depend on how it is split, so only rounding differs; with cfg stylegan2 the style
+    # mixing cutoff and the path-length samples are per round, so the split picks them): a
+    # checkpoint written under other values is resumed all the same
     reusable_changes: ClassVar[frozenset[str]] = frozenset({
         "kimg", "snapshot_kimg", "keep_checkpoints", "metrics", "metric_samples", "grid_seeds", "glr", "dlr",
         "ada_target", "ada_kimg", "ada_interval", "augment_p", "gamma", "gpus", "processes", "batch_per_gpu",
