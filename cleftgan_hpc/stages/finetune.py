@@ -279,6 +279,7 @@ def run(
         outputs = {name: ctx.key(fname) for name, fname in FinetuneStage.outputs.items()}
         if d.is_main:
             export_network(cfg, ctx, nets, trainer.progress.ada_p, set_kwargs, outputs["network"])
+        distributed.shutdown(synchronise=True)
         return outputs
     finally:
         distributed.shutdown()

@@ -35,8 +35,13 @@ def init(d: DistEnv, device: torch.device) -> None:
     )
 
 
-def shutdown() -> None:
+def shutdown(synchronise: bool = False) -> None:
+    """Leave the process group. ``synchronise`` (after success only: a rank that failed would
+    never arrive) waits for every rank first, so none tears gloo down while another still talks
+    to it, which can abort a process at exit."""
     if dist.is_initialized():
+        if synchronise and dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
 
 

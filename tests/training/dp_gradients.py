@@ -54,9 +54,7 @@ def main(dataset: str, out: str, arch: str = "stylegan3-t") -> None:
     if d.is_main:
         buffers = {k: v.clone() for k, v in nets.G.named_buffers() if k.endswith(("w_avg", "magnitude_ema"))}
         torch.save({"grads": records, "buffers": buffers, "pl_mean": trainer.progress.pl_mean}, out)
-    if d.world_size > 1:  # no rank tears gloo down while the other still talks to it (an abort otherwise)
-        torch.distributed.barrier()
-    distributed.shutdown()
+    distributed.shutdown(synchronise=True)
 
 
 def _recording(opt: torch.optim.Optimizer, records: list[list[torch.Tensor]]):  # noqa: ANN202
