@@ -108,8 +108,8 @@ def run_child(res: int, mode: str, what: str, threads: int) -> dict:
            "--child-mode", mode, "--child-what", what]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
-        reason = "killed (out of memory?)" if out.returncode < 0 else out.stderr.strip().splitlines()[-1:]
-        return {"error": str(reason)}
+        last = (out.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"error": "killed (out of memory?)" if out.returncode < 0 else last}
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

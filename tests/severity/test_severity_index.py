@@ -108,9 +108,10 @@ def test_with_a_perceptual_network(tmp_path: Any, normal_g: LinearFaces, cleft_f
 
 
 def test_a_stylegan2_network_is_scored(tmp_path: Any) -> None:
-    stylegan2 = pytest.importorskip("cleftgan_hpc.model.stylegan2")
+    from cleftgan_hpc.model.stylegan2 import StyleGAN2Generator
+
     torch.manual_seed(0)
-    g = stylegan2.StyleGAN2Generator(16, 0, 16, 16, 3, channel_base=256, channel_max=16)
+    g = StyleGAN2Generator(16, 0, 16, 16, 3, channel_base=256, channel_max=16)
     index = SeverityIndex(g, small_options(projection={"steps": 3, "w_avg_samples": 50}, adaptation={"steps": 2}))
     images = (torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 255).to(torch.uint8)
     result = index.score(images)

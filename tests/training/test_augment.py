@@ -401,8 +401,9 @@ def test_augmentation_does_not_leak_at_moderate_p() -> None:
 
 
 def test_the_spec_models_augment_values_are_accepted() -> None:
-    stages = pytest.importorskip("cleftgan_hpc.jobspec.stages")
-    ops = [stages.AugmentOp(op="xflip", weight=0.5), stages.AugmentOp(op="brightness")]
+    from cleftgan_hpc.jobspec.stages import AugmentOp
+
+    ops = [AugmentOp(op="xflip", weight=0.5), AugmentOp(op="brightness")]
     assert AugmentConfig.from_spec(ops).ops == (("xflip", 0.5), ("brightness", 1.0))
 
 

@@ -16,8 +16,7 @@ import torch
 from . import reference
 from .bias_act import bias_act as _fast_bias_act
 from .filtered_lrelu import filtered_lrelu as _fast_filtered_lrelu
-from .lean import _enabled as _lean_flag
-from .lean import lean_autograd
+from .lean import lean_autograd, lean_mode
 from .modulated_conv import modulated_conv2d as _fast_modulated_conv2d
 from .modulated_conv import modulated_filtered_lrelu as _fast_modulated_filtered_lrelu
 from .upfirdn2d import Padding
@@ -130,7 +129,7 @@ def modulated_filtered_lrelu(
 def op_paths() -> list[tuple[str, str]]:
     """(op, the path it runs here and why) for `cleftgan-hpc doctor`: no compiled kernel is
     built yet, so every op runs as PyTorch ops on every device (CPU and CUDA alike)."""
-    lean = _lean_flag.get()
+    lean = lean_mode()
     grad = ("autograd over the composite ops (lean path switched off)" if lean is False else "memory-lean autograd"
             + ("" if lean else " (on the CPU for intermediates of 32 MiB and more; always on a GPU)"))
     why = "no compiled kernel for this op yet"

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .bias_act import clamp_for_autograd
-from .lean import lean_filtered_lrelu, use_lean
+from .lean import LeanFilteredLReLU, use_lean
 from .upfirdn2d import Padding, upfirdn2d
 
 # Largest intermediate (bytes) one chunk may create; chunks never go below one sample and
@@ -43,7 +43,7 @@ def _filtered_lrelu_whole(
 ) -> torch.Tensor:
     """The op on one chunk (``lean``: through LeanFilteredLReLU)."""
     if lean:
-        return lean_filtered_lrelu(x, fu, fd, b, up, down, padding, gain, slope, clamp)
+        return LeanFilteredLReLU.apply(x, b, fu, fd, up, down, padding, gain, slope, clamp)
     if b is not None:
         x = x + b.to(x.dtype).reshape(1, -1, 1, 1)
     owned = b is not None

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from .upfirdn2d import Padding, upfirdn2d, upfirdn2d_transpose
 
+LITTLE_ENDIAN = sys.byteorder == "little"
 _enabled: contextvars.ContextVar[bool | None] = contextvars.ContextVar("cleftgan_lean_autograd", default=None)
 
 LEAN_MIN_BYTES_CPU = 32 * 2**20
@@ -51,10 +52,17 @@ def lean_autograd(enabled: bool | None = True) -> Iterator[None]:
         _enabled.reset(token)
 
 
+def lean_mode() -> bool | None:
+    """The current setting: True (always), False (never) or None (the default choice)."""
+    return _enabled.get()
+
+
 def use_lean(*tensors: torch.Tensor | None, nbytes: int = 0) -> bool:
     """Whether an op on these tensors, whose largest intermediate is ``nbytes``, takes the lean
     path: autograd will need it, and it is on (or, by default, worth it here)."""
     if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)):
+        return False
+    if not LITTLE_ENDIAN:  # the codes are packed by reading bytes as little-endian words
         return False
     choice = _enabled.get()
     if choice is not None:
@@ -78,18 +86,12 @@ def pack_bits(mask: torch.Tensor) -> torch.Tensor:
     pad = (-flat.numel()) % 8
     if pad or flat.storage_offset() % 8:
         flat = torch.cat([flat, flat.new_zeros(pad)])
-    if sys.byteorder != "little":  # the int64 trick reads bytes in little-endian order
-        groups = flat.view(-1, 8).to(torch.uint8)
-        return sum((groups[:, i] << i for i in range(8)), torch.zeros_like(groups[:, 0]))
     return ((flat.view(torch.uint8).view(torch.int64) * _GATHER) >> 56).to(torch.uint8)
 
 
 def unpack_bits(packed: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     """The bool tensor of ``shape`` that ``pack_bits`` packed."""
     n = math.prod(shape)
-    if sys.byteorder != "little":
-        bits = torch.stack([(packed >> i) & 1 != 0 for i in range(8)], dim=1).reshape(-1)
-        return bits[:n].reshape(shape)
     spread = (packed.to(torch.int64) * 0x0101010101010101).bitwise_and_(_SPREAD_MASK)
     return (spread.view(torch.uint8) != 0)[:n].reshape(shape)
 
@@ -164,24 +166,6 @@ class LeanFilteredLReLU(torch.autograd.Function):
             g = upfirdn2d_transpose(g, ctx.in_size, fu, ctx.up, 1, ctx.padding, gain=ctx.up**2)
         grad_b = g.sum([0, 2, 3]) if ctx.has_bias and ctx.needs_input_grad[1] else None
         return g, grad_b, None, None, None, None, None, None, None, None
-
-
-def lean_filtered_lrelu(
-    x: torch.Tensor,
-    fu: torch.Tensor | None,
-    fd: torch.Tensor | None,
-    b: torch.Tensor | None,
-    up: int,
-    down: int,
-    padding: Padding,
-    gain: float,
-    slope: float,
-    clamp: float | None,
-) -> torch.Tensor:
-    """The op through ``LeanFilteredLReLU`` (filters are constants: they get no gradient)."""
-    if (fu is not None and fu.requires_grad) or (fd is not None and fd.requires_grad):
-        raise ValueError("the lean filtered_lrelu treats its filters as constants; they must not require grad")
-    return LeanFilteredLReLU.apply(x, b, fu, fd, up, down, padding, gain, slope, clamp)
 
 
 # -- modulated convolution (activations modulated, the weight shared) ------------------------------
