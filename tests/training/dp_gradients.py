@@ -13,6 +13,7 @@ into whole steps on near-zero gradients).
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -54,7 +55,13 @@ def main(dataset: str, out: str, arch: str = "stylegan3-t") -> None:
     if d.is_main:
         buffers = {k: v.clone() for k, v in nets.G.named_buffers() if k.endswith(("w_avg", "magnitude_ema"))}
         torch.save({"grads": records, "buffers": buffers, "pl_mean": trainer.progress.pl_mean}, out)
-    distributed.shutdown(synchronise=True)
+    if d.world_size > 1:
+        # gloo's teardown (destroy_process_group, or its destructor at interpreter exit) now and
+        # then aborts the process ("terminate called without an active exception") after all
+        # the work is saved: meet, then leave without tearing anything down
+        torch.distributed.barrier()
+        sys.stdout.flush()
+        os._exit(0)
 
 
 def _recording(opt: torch.optim.Optimizer, records: list[list[torch.Tensor]]):  # noqa: ANN202
