@@ -4,25 +4,30 @@
       kind: finetune
       dataset: stage:dataset
       grid:                                  # 2 x 2 x 3 = 12 instances of this stage
-        cfg: [stylegan3-t, stylegan3-r]
-        augment: [none, bgc]
+        architecture:                        # linked settings: each named value sets several fields
+          stylegan3-t: {network: stylegan3-t-ffhq-1024x1024.pkl, cfg: stylegan3-t}
+          stylegan2: {network: stylegan2-ffhq-1024x1024.pkl, cfg: stylegan2}
+        augment: [none, bgc]                 # one field, a list of values
         max_images: [250, 450, null]
     score:
       kind: evaluate
       network: stage:train.network           # fans out: one evaluate per train instance
 
-Each combination becomes a stage of its own, named by its values in grid order,
-``train[stylegan3-t,bgc,250]``, with its own outputs, job and resume. A stage that reads a
-grid stage (an input or ``needs``) fans out with it, instance by instance; a stage reading
-two grid stages must read grids of the same combinations. Expansion happens on the raw spec,
-before validation, and every instance's fields keep the lines they were written on (a grid
-value's own line for the field it sets), so an error in one combination points at the file.
+An axis is either a field with a list of single values, or a name (not a field) mapping
+readable labels to the fields that label sets together. Each combination becomes a stage of
+its own, named by its values and labels in grid order, ``train[stylegan2,bgc,250]``, with its
+own outputs, job and resume. A stage that reads a grid stage (an input or ``needs``) fans out
+with it, instance by instance; a stage reading two grid stages must read grids of the same
+combinations. Expansion happens on the raw spec, before validation, and every instance's
+fields keep the lines they were written on (a grid value's own line for the field it sets),
+so an error in one combination points at the file.
 """
 
 from __future__ import annotations
 
 import itertools
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from cleftgan_hpc.errors import SpecProblem, shown
@@ -33,6 +38,8 @@ MAX_GRID_INSTANCES = 256
 """Instances one grid may expand to (each is a job on a cluster; more is almost surely a typo)."""
 PROTECTED = frozenset({"kind", "needs", "resources", GRID_KEY})
 _SLUG = re.compile(r"[^A-Za-z0-9_.+-]")
+LABEL_RE = re.compile(r"^[A-Za-z0-9_.+-]{1,40}$")
+"""A linked axis's label, as it appears in an instance's name."""
 INSTANCE_RE = re.compile(r"^([A-Za-z][A-Za-z0-9_-]{0,62})\[([A-Za-z0-9_.+,-]{1,200})\]$")
 
 
@@ -42,10 +49,6 @@ def slug(value: Any) -> str:
     if isinstance(value, str) and "/" in value:
         text = value.rstrip("/").rsplit("/", 1)[-1].split(".", 1)[0] or text
     return _SLUG.sub("-", text) or "-"
-
-
-def instance_name(stage: str, values: tuple[Any, ...]) -> str:
-    return f"{stage}[{','.join(slug(v) for v in values)}]"
 
 
 def base_name(name: str) -> str:
@@ -72,24 +75,24 @@ def expand_grids(data: dict[str, Any], positions: Any, file: str) -> list[SpecPr
         if not isinstance(stage, dict) or GRID_KEY not in stage:
             out[name] = stage
             continue
-        combos = _combinations(name, stage[GRID_KEY], problem)
-        if combos is None:
+        axes = _axes(name, stage, problem)
+        if axes is None:
             out[name] = {k: v for k, v in stage.items() if k != GRID_KEY}  # validated as is, for its other errors
             continue
-        keys, values = combos
-        names = [instance_name(name, v) for v in values]
+        combos = list(itertools.product(*axes))
+        names = [f"{name}[{','.join(o.part for o in combo)}]" for combo in combos]
         if len(set(names)) != len(names):
             problem(("stages", name, GRID_KEY), "two combinations have the same name; grid values must differ as text")
             continue
         suffixes[name] = [n[len(name):] for n in names]
-        for inst, vals in zip(names, values, strict=True):
-            out[inst] = {**{k: v for k, v in stage.items() if k != GRID_KEY}, **dict(zip(keys, vals, strict=True))}
+        for inst, combo in zip(names, combos, strict=True):
+            fields = {k: v for o in combo for k, v in o.fields.items()}
+            out[inst] = {**{k: v for k, v in stage.items() if k != GRID_KEY}, **fields}
             _copy_positions(positions, ("stages", name), ("stages", inst))
-            for key, i in zip(keys, (values_index(stage[GRID_KEY][k], v) for k, v in zip(keys, vals, strict=True)),
-                              strict=True):
-                where = positions.of(("stages", name, GRID_KEY, key, i))
-                positions.values[("stages", inst, key)] = where
-                positions.keys[("stages", inst, key)] = positions.of(("stages", name, GRID_KEY, key), key=True)
+            for option in combo:
+                for key, (value_loc, key_loc) in option.where.items():
+                    _copy_subtree(positions, value_loc, ("stages", inst, key))
+                    positions.keys[("stages", inst, key)] = positions.of(key_loc, key=True)
     _fan_out(out, suffixes, positions, problem)
     _gather(out, suffixes)
     data["stages"] = out
@@ -108,46 +111,123 @@ def _gather(stages: dict[str, Any], suffixes: dict[str, list[str]]) -> None:
             continue
         needs = stage.get("needs") if isinstance(stage.get("needs"), list) else []
         expanded: list[Any] = []
-        for n in [*needs, target]:
+        for i, n in enumerate([*needs, target]):
             # a stored spec is already expanded: its instances are the stages named after the target
             instances = [x for x in stages if base_name(x) == n and x != n] if isinstance(n, str) else []
+            if i == len(needs) and not instances and n not in stages:
+                break  # an unknown target is reported at the field that names it (check_graph), not in needs
             for one in instances or [n]:
                 if one not in expanded:
                     expanded.append(one)
-        stage["needs"] = expanded
+        if expanded or "needs" in stage:
+            stage["needs"] = expanded
 
 
-def values_index(options: list[Any], value: Any) -> int:
-    return next(i for i, v in enumerate(options) if v is value or v == value)
+@dataclass(frozen=True)
+class _Option:
+    """One value of one axis: its part of the instance name, the fields it sets, and where
+    each of them is written (the value's place and its key's place in the file)."""
+
+    part: str
+    fields: dict[str, Any]
+    where: dict[str, tuple[Loc, Loc]]
 
 
-def _combinations(name: str, grid: Any, problem) -> tuple[list[str], list[tuple[Any, ...]]] | None:  # noqa: ANN001
+def _axes(name: str, stage: dict[str, Any], problem) -> list[list[_Option]] | None:  # noqa: ANN001
+    """The options of each axis of a stage's grid, or None (after reporting) when it is malformed."""
     loc: Loc = ("stages", name, GRID_KEY)
+    grid = stage[GRID_KEY]
     if not isinstance(grid, dict) or not grid:
-        problem(loc, "grid must map settings to lists of values, e.g. {augment: [none, bgc]}")
+        problem(loc, "grid must map settings to lists of values, e.g. {augment: [none, bgc]}, or a name to labelled "
+                     "settings, e.g. {architecture: {stylegan2: {network: sg2.pkl, cfg: stylegan2}}}")
         return None
+    axes: list[list[_Option]] = []
+    set_by: dict[str, str] = {}  # field -> the axis that sets it
     bad = False
-    for key, options in grid.items():
-        if key in PROTECTED:
-            problem(loc + (key,), f"{key!r} cannot vary in a grid")
-            bad = True
+    for axis, options in grid.items():
+        aloc = loc + (axis,)
+        if isinstance(options, dict):
+            opts = _linked(aloc, options, problem)
+        elif axis in PROTECTED:
+            problem(aloc, f"{axis!r} cannot vary in a grid")
+            opts = None
         elif not isinstance(options, list) or not options:
-            problem(loc + (key,), f"expected a non-empty list of values, got {shown(options)}")
-            bad = True
+            problem(aloc, f"expected a non-empty list of values, or labels mapped to settings; got {shown(options)}")
+            opts = None
         elif any(isinstance(v, (dict, list)) for v in options):
-            problem(loc + (key,), "grid values must be single values (text, numbers, true/false, null)")
+            problem(aloc, "grid values in a list must be single values (text, numbers, true/false, null); to set a "
+                          "structured value or several fields at once, label them: {AXIS: {LABEL: {field: value}}}")
+            opts = None
+        else:
+            opts = [_Option(slug(v), {axis: v}, {axis: (aloc + (i,), aloc)}) for i, v in enumerate(options)]
+        if opts is None:
             bad = True
+            continue
+        fields = dict.fromkeys(k for o in opts for k in o.fields)
+        for field in fields:
+            if field in set_by:
+                problem(aloc, f"{field!r} is set by two axes of the grid, {set_by[field]!r} and {axis!r}")
+                bad = True
+            elif field in stage:
+                problem(aloc, f"{field!r} is both written on the stage and set by the grid's axis {axis!r}; "
+                              "remove one of them")
+                bad = True
+            set_by[field] = str(axis)
+        axes.append(opts)
     if bad:
         return None
-    keys = list(grid)
     count = 1
-    for k in keys:
-        count *= len(grid[k])
+    for opts in axes:
+        count *= len(opts)
     if count > MAX_GRID_INSTANCES:
-        sizes = " x ".join(str(len(grid[k])) for k in keys)
+        sizes = " x ".join(str(len(opts)) for opts in axes)
         problem(loc, f"the grid expands to {sizes} = {count} instances; at most {MAX_GRID_INSTANCES}")
         return None
-    return keys, list(itertools.product(*(grid[k] for k in keys)))
+    return axes
+
+
+def _linked(loc: Loc, options: dict[str, Any], problem) -> list[_Option] | None:  # noqa: ANN001
+    """A linked axis: labels, each mapped to the fields it sets together."""
+    if not options:
+        problem(loc, "expected labels mapped to settings, e.g. {stylegan2: {network: sg2.pkl, cfg: stylegan2}}")
+        return None
+    opts: list[_Option] = []
+    bad = False
+    for label, settings in options.items():
+        lloc = loc + (label,)
+        if not isinstance(label, str) or not LABEL_RE.match(label):
+            problem(lloc, f"bad label {shown(label)}: it names instances (train[LABEL,...]); use letters, digits "
+                          "and '-', '_', '.', '+' (at most 40)")
+            bad = True
+        elif not isinstance(settings, dict) or not settings:
+            problem(lloc, f"label {label!r} must map the fields it sets to their values, e.g. "
+                          f"{{{label}: {{cfg: stylegan2, network: sg2.pkl}}}}; got {shown(settings)}")
+            bad = True
+        elif any(k in PROTECTED for k in settings):
+            k = next(k for k in settings if k in PROTECTED)
+            problem(lloc + (k,), f"{k!r} cannot vary in a grid")
+            bad = True
+        else:
+            opts.append(_Option(label, dict(settings), {k: (lloc + (k,), lloc + (k,)) for k in settings}))
+    if bad:
+        return None
+    first = set(opts[0].fields)
+    for o in opts[1:]:
+        if set(o.fields) != first:
+            problem(loc + (o.part,), f"label {o.part!r} sets {sorted(o.fields)} but {opts[0].part!r} sets "
+                                     f"{sorted(first)}; every label of an axis sets the same fields")
+            return None
+    return opts
+
+
+def _copy_subtree(positions: Any, src: Loc, dst: Loc) -> None:
+    """Positions of the value at ``src`` and everything under it, copied to ``dst``."""
+    n = len(src)
+    positions.values[dst] = positions.of(src)
+    for table in (positions.values, positions.keys):
+        for loc, where in list(table.items()):
+            if loc[:n] == src and len(loc) > n:
+                table[dst + loc[n:]] = where
 
 
 def _copy_positions(positions: Any, src: Loc, dst: Loc) -> None:

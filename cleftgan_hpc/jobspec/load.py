@@ -21,7 +21,8 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from cleftgan_hpc.errors import SECRET_NAME, FieldError, SpecError, SpecProblem, looks_secret, shown
-from cleftgan_hpc.jobspec.grid import INSTANCE_RE, expand_grids
+from cleftgan_hpc.jobspec.dataset_size import check_max_images
+from cleftgan_hpc.jobspec.grid import INSTANCE_RE, base_name, expand_grids
 from cleftgan_hpc.jobspec.job import JobSpec
 from cleftgan_hpc.jobspec.models import NAME_RE, stage_ref
 from cleftgan_hpc.jobspec.stages import KINDS
@@ -247,6 +248,7 @@ def parse_spec(
     problems = expand_grids(data, reader.pos, file)
     base = base_dir or Path.cwd()
     problems += check_graph(data, reader.pos, file)
+    problems += _located(lambda report: check_max_images(data, report, base), reader.pos, file)
     try:
         spec = JobSpec.model_validate(data, context={"base_dir": base})
     except ValidationError as exc:
@@ -255,6 +257,18 @@ def parse_spec(
         raise SpecError(_unique(problems))
     warnings = reader.warnings + _literal_secret_warnings(data, reader.pos, file, reader.from_env)
     return LoadedSpec(spec, Path(file), reader.pos, warnings)
+
+
+def _located(check: typing.Callable[[typing.Callable[[Loc, str], None]], None], pos: Positions,
+             file: str) -> list[SpecProblem]:
+    """The problems a check reports by location, at their lines in the file."""
+    problems: list[SpecProblem] = []
+
+    def report(loc: Loc, message: str) -> None:
+        problems.append(SpecProblem(file, *pos.of(loc), dotted(loc), message))
+
+    check(report)
+    return problems
 
 
 def _too_big(size: int) -> str:
@@ -322,10 +336,35 @@ def check_graph(data: Any, pos: Positions, file: str) -> list[SpecProblem]:
             if target_kind is not None and ref[1] not in target_kind.outputs:
                 outs = ", ".join(target_kind.outputs)
                 add(("stages", name, key), f"stage {ref[0]!r} has no output {ref[1]!r}; expected one of: {outs}")
+        _check_gathered(name, stage, stages, add)
     cycle = find_cycle({n: [d for d, _ in raw_dependencies(s) if d in stages and d != n] for n, s in stages.items()})
     if cycle:
         add(("stages", cycle[0]), "dependency cycle: " + " -> ".join(cycle + [cycle[0]]), key=True)
     return problems
+
+
+def _check_gathered(name: str, stage: dict[str, Any], stages: dict[str, dict[str, Any]], add) -> None:  # noqa: ANN001
+    """A gathering stage (compare) names the stage it gathers in a field: an unknown stage, or one
+    of another kind, is reported at that field's line (its generated needs are not the user's)."""
+    kind = KINDS.get(str(stage.get("kind")))
+    field_name = getattr(kind, "gathers", None)
+    target = stage.get(field_name) if field_name else None
+    if not isinstance(target, str) or not NAME_RE.match(target):
+        return  # absent or malformed: the model reports it
+    wanted = getattr(kind, "gathers_kinds", ())
+    instances = [n for n in stages if n == target or base_name(n) == target]
+    candidates = [n for n, s in stages.items() if str(s.get("kind")) in wanted]
+    expected = f"{' or '.join(wanted)} stages are: {', '.join(dict.fromkeys(base_name(n) for n in candidates))}" \
+        if candidates else f"the job has no {' or '.join(wanted)} stage"
+    loc = ("stages", name, field_name)
+    if not instances:
+        bases = list(dict.fromkeys(base_name(n) for n in candidates))
+        add(loc, f"unknown stage {target!r}{_suggest(target, bases)}; {expected}")
+        return
+    kinds = {str(stages[n].get("kind")) for n in instances}
+    if wanted and not kinds <= set(wanted):
+        add(loc, f"stage {target!r} is a {'/'.join(sorted(kinds))} stage; {stage.get('kind')} gathers "
+                 f"{' or '.join(wanted)} stages ({expected})")
 
 
 def find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
@@ -528,14 +567,16 @@ def _one_per_grid(problems: list[SpecProblem]) -> list[SpecProblem]:
         general = re.sub(r"\[[^\]]*\]", "[*]", p.field)
         key = (p.line, p.col, general, p.message)
         if general != p.field and key in seen:
-            seen[key][1] += 1
+            seen[key][1].append(p.field)
             continue
-        seen[key] = [p, 1]
+        seen[key] = [p, [p.field]]
         out.append(p)
-    for p, count in seen.values():
-        if count > 1:
+    for p, fields in seen.values():
+        if len(fields) > 1:
             p.field = re.sub(r"\[[^\]]*\]", "[*]", p.field)
-            p.message += f" (in {count} combinations of the grid)"
+            names = [m.group(0) for f in fields for m in [re.search(r"\[[^\]]*\]", f)] if m]
+            listed = f": {', '.join(names)}" if len(names) <= 4 else ""
+            p.message += f" (in {len(fields)} combinations of the grid{listed})"
     return out
 
 

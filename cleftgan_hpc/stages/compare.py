@@ -38,7 +38,7 @@ def run(cfg: CompareStage, ctx: StageContext) -> dict[str, str]:
     rows = []
     for n in names:
         values = _metrics(ctx, n)
-        rows.append({"combination": n[len(cfg.evaluations):] or n, **{k: settings[n].get(k) for k in varying},
+        rows.append({"combination": n[len(cfg.evaluations):] or n, **{k: _short(settings[n].get(k)) for k in varying},
                      **{m: values.get(m) for m in METRICS}})
     metrics = [m for m in METRICS if any(r[m] is not None for r in rows)]
     columns = ["combination", *varying, *metrics]
@@ -66,6 +66,13 @@ def _varying(settings: list[dict[str, Any]]) -> list[str]:
     keys = list(dict.fromkeys(k for s in settings for k in s))
     return [k for k in keys if len({repr(s.get(k)) for s in settings}) > 1 and not k.startswith("eval.network")
             and k not in ("dataset", "eval.dataset")]
+
+
+def _short(value: Any) -> Any:
+    """A path by its file name (the networks a linked grid axis sets: stylegan2-ffhq-1024x1024.pkl)."""
+    if isinstance(value, str) and "/" in value and not value.startswith("stage:"):
+        return value.rstrip("/").rsplit("/", 1)[-1] or value
+    return value
 
 
 def _metrics(ctx: StageContext, name: str) -> dict[str, float]:

@@ -116,6 +116,7 @@ def make_recipe(cfg: FinetuneStage, device_type: str = "cpu", world_size: int | 
 def load_data(cfg: FinetuneStage, ctx: StageContext) -> tuple[TrainData, dict[str, Any], Path]:
     path = ctx.fetch(cfg.dataset)
     ds = open_dataset(path)
+    check_max_images(ctx.stage, cfg.max_images, len(ds), cfg.dataset)
     picked = subset(len(ds), cfg.max_images, cfg.subset_seed, cfg.dataset)
     images = torch.from_numpy(ds.array("NCHW")[picked].copy())  # [N, C, H, W] uint8
     labels = None
@@ -147,6 +148,16 @@ def load_data(cfg: FinetuneStage, ctx: StageContext) -> tuple[TrainData, dict[st
         f"mirror {'on' if cfg.mirror else 'off'}"
     )
     return TrainData(images, labels, cfg.mirror), kwargs, path
+
+
+def check_max_images(stage: str, max_images: int | None, count: int, dataset: str) -> None:
+    """Refuse, before anything trains, a max_images the dataset cannot fill (validate catches
+    it where the spec tells the size; a dataset made by a stage or read from the store shows it here)."""
+    if max_images is not None and max_images > count:
+        raise CleftGanError(
+            f"stage {stage}: max_images {max_images} is more than the {count} images of its dataset {dataset}; "
+            f"use at most {count}, or null for all of them"
+        )
 
 
 def subset(count: int, max_images: int | None, seed: int, what: str) -> np.ndarray:
@@ -220,6 +231,12 @@ def build_networks(
                 f"{[k for k in ('G', 'D', 'G_ema') if getattr(net, k) is not None]}"
             )
         G, D = net.G, net.D
+        arch = loaded_architecture(G)
+        if arch != cfg.cfg:  # validate catches what a file name tells; the network itself tells here
+            raise CleftGanError(
+                f"stage {ctx.stage}: cfg {cfg.cfg} does not fit the network {cfg.network}, a {arch} network: a loaded "
+                f"network keeps its architecture and cfg picks its training recipe; set cfg: {arch}"
+            )
         if G.img_resolution != res or G.img_channels != channels:
             raise CleftGanError(
                 f"the network makes {G.img_resolution}x{G.img_resolution}x{G.img_channels} images but the dataset "
@@ -234,6 +251,17 @@ def build_networks(
     for m in (nets.G, nets.D, nets.G_ema):
         m.to(device)
     return nets
+
+
+def loaded_architecture(G: Any) -> str:
+    """stylegan2, stylegan3-r or stylegan3-t: the cfg a generator was built for (R: 1x1 convolutions
+    and radial filters)."""
+    from cleftgan_hpc.model import StyleGAN2Generator
+
+    if isinstance(G, StyleGAN2Generator):
+        return "stylegan2"
+    kwargs = getattr(G, "init_kwargs", {}) or {}
+    return "stylegan3-r" if kwargs.get("use_radial_filters") or kwargs.get("conv_kernel") == 1 else "stylegan3-t"
 
 
 def make_augment(recipe: Recipe, device: torch.device) -> Any:

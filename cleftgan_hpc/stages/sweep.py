@@ -85,9 +85,13 @@ def plot_png(results: dict[str, Any]) -> bytes:
 
 
 def run(cfg: SweepStage, ctx: StageContext) -> dict[str, str]:
-    from cleftgan_hpc.stages.finetune import export_checkpoint
+    from cleftgan_hpc.stages.finetune import check_max_images, export_checkpoint
     from cleftgan_hpc.stages.sweep_tune import run_sweep, trial_config
 
+    if cfg.base.max_images is not None:  # before any trial starts, not once in each
+        from cleftgan_hpc.data.dataset import open_dataset
+
+        check_max_images(ctx.stage, cfg.base.max_images, len(open_dataset(ctx.fetch(cfg.dataset))), cfg.dataset)
     results = run_sweep(cfg, ctx)
     outputs = {name: ctx.key(fname) for name, fname in SweepStage.outputs.items()}
     best_trial, best = best_of(results, ctx.store.exists)

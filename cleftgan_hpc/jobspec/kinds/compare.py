@@ -28,6 +28,7 @@ class CompareStage(StageBase):
     }
     default_output: ClassVar[str] = "table"
     gathers: ClassVar[str | None] = "evaluations"  # depends on every instance instead of fanning out
+    gathers_kinds: ClassVar[tuple[str, ...]] = ("evaluate",)  # what the stage it names must be
 
     @field_validator("evaluations")
     @classmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, ClassVar, Literal
 
 from pydantic import AfterValidator, Field, ValidationInfo, model_validator
@@ -28,6 +29,39 @@ ExtractorInput = input_or("demo")
 # defaults, so they live with the spec (the recipe's derived values live in training/recipe.py).
 STYLEGAN2_MAPPING_LAYERS = 8  # of a random network (StyleGAN3: 2)
 STYLEGAN2_GLR = 0.002  # G's default learning rate (StyleGAN3: 0.0025)
+
+ARCHITECTURES = {"stylegan2": "StyleGAN2", "stylegan3-t": "StyleGAN3-T", "stylegan3-r": "StyleGAN3-R"}
+_NAMED = re.compile(r"stylegan(2|3-?[tr])(?![a-z0-9])", re.IGNORECASE)
+
+
+def named_architecture(network: str) -> str | None:
+    """The architecture a network file's name states, as the official files are named
+    (stylegan2-ffhq-1024x1024.pkl, stylegan3-t-ffhq-1024x1024.pkl, ...); None when it says none
+    (a stage's output, store keys with other names, network: random)."""
+    if network == "random" or network.startswith("stage:"):
+        return None
+    m = _NAMED.search(network.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1])
+    if m is None:
+        return None
+    tail = m.group(1).lower().replace("-", "")
+    return "stylegan2" if tail == "2" else f"stylegan3-{tail[-1]}"
+
+
+def check_cfg_fits_network(cfg: str, network: str, *loc: str) -> None:
+    """A loaded network keeps its own architecture and cfg picks the recipe for it: a StyleGAN2
+    recipe (style mixing, path length) on a StyleGAN3 network, or R's blur on a T network, is no
+    experiment the paper (or the reference) runs. Raises FieldError at ``loc`` naming both."""
+    named = named_architecture(network)
+    if named is None or named == cfg:
+        return
+    file = network.rstrip("/").rsplit("/", 1)[-1]
+    raise FieldError(
+        f"cfg {cfg} does not fit network {file}, a {ARCHITECTURES[named]} network by its file name: a loaded "
+        f"network keeps its architecture and cfg picks its training recipe; set cfg: {named} (in a grid, link the "
+        f"two: {{LABEL: {{network: ..., cfg: ...}}}})",
+        *loc,
+    )
+
 
 class RandomNetwork(Strict):
     """A freshly initialised network (``network: random``) of the architecture ``cfg``, for demos
@@ -194,6 +228,11 @@ class FinetuneStage(StageBase, FinetuneSettings):
     @property
     def data_parallel_gpus(self) -> int:
         return self.gpus
+
+    @model_validator(mode="after")
+    def _cfg_fits_network(self) -> FinetuneStage:
+        check_cfg_fits_network(self.cfg, self.network, "cfg" if "cfg" in self.model_fields_set else "network")
+        return self
 
     @model_validator(mode="after")
     def _metrics_need_extractor(self) -> FinetuneStage:

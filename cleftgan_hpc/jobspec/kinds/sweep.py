@@ -6,7 +6,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from cleftgan_hpc.jobspec.kinds.finetune import ExtractorInput, FinetuneSettings, NetworkInput
+from cleftgan_hpc.jobspec.kinds.finetune import ExtractorInput, FinetuneSettings, NetworkInput, check_cfg_fits_network
 from cleftgan_hpc.jobspec.models import Input, StageBase, Strict
 
 Scalar = float | int | str | bool
@@ -142,4 +142,6 @@ class SweepStage(StageBase):
             raise ValueError("grace_period_kimg is longer than kimg_per_trial: nothing could be stopped early")
         if "snapshot_kimg" in self.base.model_fields_set and self.base.snapshot_kimg > self.kimg_per_trial:
             raise ValueError("base.snapshot_kimg exceeds kimg_per_trial: trials would report no metric")
+        where = ("base", "cfg") if "cfg" in self.base.model_fields_set else ("network",)
+        check_cfg_fits_network(self.base.cfg, self.network, *where)
         return self
