@@ -20,8 +20,9 @@ def test_validate_shipped_jobs() -> None:
         out = cli("validate", job)
         assert out.returncode == 0, out.stderr
         assert f"{job}: ok" in out.stdout
-    paper = cli("validate", "jobs/paper.yaml").stdout  # the paper's table: 2 networks x 4 augmentations x 3 sizes
+    paper = cli("validate", "jobs/paper.yaml").stdout  # the paper's table: 2 architectures x 4 augmentations x 3 sizes
     assert paper.count("train[") == paper.count("score[") == 24 and "table" in paper and "tune" in paper
+    assert paper.count("train[stylegan2,") == paper.count("train[stylegan3-t,") == 12  # the baseline, in one table
 
 
 def test_validate_bad_spec_prints_positions_not_a_traceback(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cleftgan_hpc.jobspec.kinds.demo_data import DemoDataStage
 from cleftgan_hpc.jobspec.models import stage_ref
 
 Loc = tuple[str | int, ...]
@@ -27,7 +28,6 @@ PHOTO_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".tif", ".
 """What preprocess reads from a folder (as data/images.py's IMAGE_SUFFIXES; a test keeps them equal)."""
 MAX_ENTRIES_SCANNED = 200_000
 """A folder of photos is walked at most this far at validate time; past it the size is left unknown."""
-DEMO_DEFAULT_COUNT = 64  # demo_data's count when not written (a test keeps it equal to the model's default)
 
 
 def check_max_images(data: Any, problem: Callable[[Loc, str], None], base_dir: Path) -> None:
@@ -74,7 +74,7 @@ def dataset_bound(dataset: str, stages: dict[str, Any], base_dir: Path, wanted: 
         faces = stages.get(photos[0])
         if not isinstance(faces, dict) or faces.get("kind") != "demo_data" or photos[1] not in (None, "images"):
             return None
-        count = faces.get("count", DEMO_DEFAULT_COUNT)
+        count = faces.get("count", DemoDataStage.model_fields["count"].default)
         if not isinstance(count, int) or isinstance(count, bool):
             return None
         return count, f"that stage {ref[0]!r} can make from the {count} faces of demo_data stage {photos[0]!r}"

@@ -65,8 +65,8 @@ def expand_grids(data: dict[str, Any], positions: Any, file: str) -> list[SpecPr
         return []
     problems: list[SpecProblem] = []
 
-    def problem(loc: Loc, message: str) -> None:
-        line, col = positions.of(loc)
+    def problem(loc: Loc, message: str, key: bool = False) -> None:
+        line, col = positions.of(loc, key=key)
         problems.append(SpecProblem(file, line, col, ".".join(str(p) for p in loc), message))
 
     suffixes: dict[str, list[str]] = {}  # grid or fanned-out stage -> its instances' suffixes, in order
@@ -149,14 +149,16 @@ def _axes(name: str, stage: dict[str, Any], problem) -> list[list[_Option]] | No
         if isinstance(options, dict):
             opts = _linked(aloc, options, problem)
         elif axis in PROTECTED:
-            problem(aloc, f"{axis!r} cannot vary in a grid")
+            problem(aloc, f"{axis!r} cannot vary in a grid", True)
             opts = None
         elif not isinstance(options, list) or not options:
-            problem(aloc, f"expected a non-empty list of values, or labels mapped to settings; got {shown(options)}")
+            problem(aloc, f"expected a non-empty list of values, or labels mapped to settings; got {shown(options)}",
+                    True)
             opts = None
         elif any(isinstance(v, (dict, list)) for v in options):
             problem(aloc, "grid values in a list must be single values (text, numbers, true/false, null); to set a "
-                          "structured value or several fields at once, label them: {AXIS: {LABEL: {field: value}}}")
+                          "structured value or several fields at once, label them: {AXIS: {LABEL: {field: value}}}",
+                    True)
             opts = None
         else:
             opts = [_Option(slug(v), {axis: v}, {axis: (aloc + (i,), aloc)}) for i, v in enumerate(options)]
@@ -166,11 +168,11 @@ def _axes(name: str, stage: dict[str, Any], problem) -> list[list[_Option]] | No
         fields = dict.fromkeys(k for o in opts for k in o.fields)
         for field in fields:
             if field in set_by:
-                problem(aloc, f"{field!r} is set by two axes of the grid, {set_by[field]!r} and {axis!r}")
+                problem(aloc, f"{field!r} is set by two axes of the grid, {set_by[field]!r} and {axis!r}", True)
                 bad = True
             elif field in stage:
                 problem(aloc, f"{field!r} is both written on the stage and set by the grid's axis {axis!r}; "
-                              "remove one of them")
+                              "remove one of them", True)
                 bad = True
             set_by[field] = str(axis)
         axes.append(opts)
@@ -189,7 +191,7 @@ def _axes(name: str, stage: dict[str, Any], problem) -> list[list[_Option]] | No
 def _linked(loc: Loc, options: dict[str, Any], problem) -> list[_Option] | None:  # noqa: ANN001
     """A linked axis: labels, each mapped to the fields it sets together."""
     if not options:
-        problem(loc, "expected labels mapped to settings, e.g. {stylegan2: {network: sg2.pkl, cfg: stylegan2}}")
+        problem(loc, "expected labels mapped to settings, e.g. {stylegan2: {network: sg2.pkl, cfg: stylegan2}}", True)
         return None
     opts: list[_Option] = []
     bad = False
@@ -197,15 +199,15 @@ def _linked(loc: Loc, options: dict[str, Any], problem) -> list[_Option] | None:
         lloc = loc + (label,)
         if not isinstance(label, str) or not LABEL_RE.match(label):
             problem(lloc, f"bad label {shown(label)}: it names instances (train[LABEL,...]); use letters, digits "
-                          "and '-', '_', '.', '+' (at most 40)")
+                          "and '-', '_', '.', '+' (at most 40)", True)
             bad = True
         elif not isinstance(settings, dict) or not settings:
             problem(lloc, f"label {label!r} must map the fields it sets to their values, e.g. "
-                          f"{{{label}: {{cfg: stylegan2, network: sg2.pkl}}}}; got {shown(settings)}")
+                          f"{{{label}: {{cfg: stylegan2, network: sg2.pkl}}}}; got {shown(settings)}", True)
             bad = True
         elif any(k in PROTECTED for k in settings):
             k = next(k for k in settings if k in PROTECTED)
-            problem(lloc + (k,), f"{k!r} cannot vary in a grid")
+            problem(lloc + (k,), f"{k!r} cannot vary in a grid", True)
             bad = True
         else:
             opts.append(_Option(label, dict(settings), {k: (lloc + (k,), lloc + (k,)) for k in settings}))
@@ -215,7 +217,7 @@ def _linked(loc: Loc, options: dict[str, Any], problem) -> list[_Option] | None:
     for o in opts[1:]:
         if set(o.fields) != first:
             problem(loc + (o.part,), f"label {o.part!r} sets {sorted(o.fields)} but {opts[0].part!r} sets "
-                                     f"{sorted(first)}; every label of an axis sets the same fields")
+                                     f"{sorted(first)}; every label of an axis sets the same fields", True)
             return None
     return opts
 

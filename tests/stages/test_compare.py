@@ -57,3 +57,44 @@ def test_compare_gathers_every_combination(tmp_path: Path) -> None:
     md = store.get_text(out["markdown"])
     assert "| [bgc,null] | bgc |  | 23 | 18 |" in md and "FID 21.03, PPL 16.43" in md
     assert store.get_bytes(out["figure"]).startswith(b"\x89PNG")
+
+
+LINKED = """
+name: paper
+stages:
+  train:
+    kind: finetune
+    dataset: data.zip
+    grid:
+      architecture:
+        stylegan3-t: {network: /models/stylegan3-t-ffhq-1024x1024.pkl, cfg: stylegan3-t}
+        stylegan2: {network: /models/stylegan2-ffhq-1024x1024.pkl, cfg: stylegan2}
+      augment: [none, bgc]
+  score:
+    kind: evaluate
+    network: stage:train.network
+    dataset: data.zip
+    metrics: [fid]
+    feature_extractor: demo
+  table:
+    kind: compare
+    evaluations: score
+"""
+
+
+def test_compare_of_a_linked_grid_is_one_table_with_the_networks_by_file_name(tmp_path: Path) -> None:
+    spec = parse_spec(textwrap.dedent(LINKED), base_dir=tmp_path, env={}).spec
+    table = make_plan(spec, "paper-1").stage("table")
+    assert len(table.needs) == 4
+    store = LocalStore(tmp_path / "store")
+    store.put_text("runs/paper-1/spec.yaml", yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+    for i, s in enumerate(table.needs):
+        key = f"runs/paper-1/stages/{s}/metrics.json"
+        store.put_json(key, {"metrics": {"fid": 30.0 - i}})
+        store.put_json(f"runs/paper-1/stages/{s}/result.json", {"outputs": {"metrics": key}})
+    ctx = StageContext(store, "paper-1", "table", tmp_path / "scratch", logging.getLogger("t"))
+    out = stage_function("compare")(table.config, ctx)
+    rows = store.get_text(out["table"]).splitlines()
+    assert rows[0] == "combination,cfg,glr,augment,network,fid"  # glr: the stylegan2 recipe's own default
+    assert rows[1] == '"[stylegan3-t,none]",stylegan3-t,0.0025,none,stylegan3-t-ffhq-1024x1024.pkl,30'
+    assert rows[4] == '"[stylegan2,bgc]",stylegan2,0.002,bgc,stylegan2-ffhq-1024x1024.pkl,27'
