@@ -1,17 +1,17 @@
 """`cleftgan-hpc doctor`: is this machine (or container, or job) fit to run stages?
 
-Checks torch and CUDA visibility, the GPU count, the compiled StyleGAN3 kernels (or says
-loudly that the slower reference ops are in use), that the store is reachable and writable,
-and the Slurm environment. The container's %test runs it, and every Slurm job runs
+Checks torch and CUDA visibility, the GPU count, the compiled (Triton) StyleGAN3 kernels and
+which path each op runs (or says loudly that the slower PyTorch ops are in use on a GPU), that
+the store is reachable and writable, and the Slurm environment. The container's %test runs it, and every Slurm job runs
 ``preflight`` (the store part) before its stage.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 import shutil
 import socket
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -20,8 +20,6 @@ from typing import Any
 
 OK, WARN, FAIL = "ok", "WARN", "FAIL"
 
-# Compiled kernel modules the model may use (import names); they arrive with the CUDA ops issue.
-KERNEL_MODULES = ("cleftgan_hpc.model.ops._cuda",)
 
 
 @dataclass
@@ -55,24 +53,31 @@ def check_torch(require_gpus: int = 0) -> list[Check]:
 
 
 def check_kernels() -> list[Check]:
-    found, missing = [], []
-    for name in KERNEL_MODULES:
-        try:
-            importlib.import_module(name)
-            found.append(name)
-        except Exception as exc:  # noqa: BLE001 - a broken build is reported, not raised
-            missing.append(f"{name} ({type(exc).__name__})")
-    out = []
-    if missing:
-        out.append(Check("kernels", WARN, "FALLBACK: no compiled StyleGAN3 CUDA kernels loaded, the networks run on "
-                                          f"their PyTorch ops (correct; slower on GPUs): {', '.join(missing)}"))
-    else:
-        out.append(Check("kernels", OK, f"compiled kernels loaded: {', '.join(found)}"))
+    """The compiled (Triton) kernels: on a GPU, load them and self-check every StyleGAN3-T/R
+    configuration in each dtype now (seconds with the image's warm cache); then each op's path."""
     try:
-        from cleftgan_hpc.model.ops import op_paths
+        import torch
+
+        from cleftgan_hpc.model.ops import compiled, op_paths
     except Exception as exc:  # noqa: BLE001 - reported, not raised
-        return out + [Check("ops", FAIL, f"cannot import the network ops: {exc}")]
-    return out + [Check("op", OK, f"{name}: {path}") for name, path in op_paths()]
+        return [Check("ops", FAIL, f"cannot import the network ops: {exc}")]
+    gpu = torch.cuda.is_available()
+    device = torch.device("cuda", 0) if gpu else torch.device("cpu")
+    try:
+        path = compiled.check_device(device) if gpu else compiled.status(device)
+    except Exception as exc:  # noqa: BLE001 - a broken kernel is reported, not raised
+        path = f"pytorch ops: the check itself failed: {type(exc).__name__}: {exc}"
+    triton = compiled.kernels() is not None
+    version = getattr(sys.modules.get("triton"), "__version__", "?") if triton else None
+    if not gpu:
+        out = [Check("kernels", OK, f"no GPU: the networks run on PyTorch ops ({path}); "
+                                    + (f"triton {version} installed for GPUs" if triton else compiled.load_error()))]
+    elif path.startswith("triton kernels"):
+        out = [Check("kernels", OK, f"filtered_lrelu: {path}")]
+    else:
+        out = [Check("kernels", WARN, f"FALLBACK: the Triton kernels are not used on {device} ({path}); the networks "
+                                      "run on their PyTorch ops (correct; slower on GPUs)")]
+    return out + [Check("op", OK, f"{name}: {p}") for name, p in op_paths(device)]
 
 
 def check_store(store: Any) -> list[Check]:

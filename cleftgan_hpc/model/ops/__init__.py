@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import torch
 
-from . import reference
+from . import compiled, reference
 from .bias_act import bias_act as _fast_bias_act
 from .filtered_lrelu import filtered_lrelu as _fast_filtered_lrelu
 from .lean import lean_autograd, lean_mode
@@ -126,24 +126,31 @@ def modulated_filtered_lrelu(
     )
 
 
-def op_paths() -> list[tuple[str, str]]:
-    """(op, the path it runs here and why) for `cleftgan-hpc doctor`: no compiled kernel is
-    built yet, so every op runs as PyTorch ops on every device (CPU and CUDA alike)."""
+def op_paths(device: torch.device | str | None = None) -> list[tuple[str, str]]:
+    """(op, the path it runs on ``device`` (default: the first GPU, else the CPU) and why) for
+    `cleftgan-hpc doctor`. Only the filtered leaky ReLU has compiled (Triton) kernels, on CUDA."""
     lean = lean_mode()
     grad = ("autograd over the composite ops (lean path switched off)" if lean is False else "memory-lean autograd"
             + ("" if lean else " (on the CPU for intermediates of 32 MiB and more; always on a GPU)"))
-    why = "no compiled kernel for this op yet"
+    why = "no compiled kernel for this op: PyTorch's own kernels"
+    triton = compiled.status(device)
+    if triton.startswith("triton kernels"):
+        flrelu = (f"{triton}: fused polyphase up FIR + bias/leaky ReLU/clamp/gain writing 1-2 bit codes, down FIR; "
+                  "backward from the codes; PyTorch ops for a configuration that fails its check")
+    else:
+        flrelu = (f"PyTorch polyphase convolutions; {grad}: a 1-2 bit code per upsampled value "
+                  f"kept for backward instead of the values (compiled kernels not used: {triton})")
     return [
-        ("filtered_lrelu", f"PyTorch polyphase convolutions; {grad}: a 1-2 bit code per upsampled value "
-                           f"kept for backward instead of the values ({why})"),
+        ("filtered_lrelu", flrelu),
         ("modulated_conv2d", f"one shared-weight PyTorch conv2d on modulated activations; {grad}: the "
-                             f"unmodulated input kept, not its modulated copy ({why})"),
+                             f"unmodulated input kept, not its modulated copy ({why}); its leaky ReLU: filtered_lrelu"),
         ("upfirdn2d", f"PyTorch polyphase (transposed) depthwise convolutions, separable where the filter is ({why})"),
         ("bias_act", f"PyTorch elementwise ops, in place where autograd allows ({why})"),
     ]
 
 
 __all__ = [
+    "compiled",
     "op_paths",
     "Padding",
     "bias_act",

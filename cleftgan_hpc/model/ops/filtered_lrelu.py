@@ -14,8 +14,9 @@ import math
 import torch
 import torch.nn.functional as F
 
+from . import compiled
 from .bias_act import clamp_for_autograd
-from .lean import LeanFilteredLReLU, use_lean
+from .lean import LeanFilteredLReLU, lean_mode, use_lean
 from .upfirdn2d import Padding, upfirdn2d
 
 # Largest intermediate (bytes) one chunk may create; chunks never go below one sample and
@@ -89,6 +90,16 @@ def filtered_lrelu(
     if lean is None:  # decided for the whole op, not per chunk
         lean = use_lean(x, b, nbytes=n * c * per_channel)
     lean = lean and constant_filters
+    # CUDA: the Triton kernels (compiled.py, memory-lean themselves), where they passed their
+    # self-check, unless autograd over the composite ops was asked for (lean_autograd(False))
+    if constant_filters and compiled.may_run_on(x.device):
+        grad = _grad_needed(x, b)
+        if (not grad or lean_mode() is not False) and compiled.usable(
+            x, b, *args, up, down, padding, gain, slope, clamp
+        ):
+            if grad:
+                return compiled.CompiledFilteredLReLU.apply(x, b, fu, fd, up, down, padding, gain, slope, clamp)
+            return compiled.forward(x, b, fu, fd, up, down, padding, gain, slope, clamp, keep_codes=False)[0]
     kw = dict(up=up, down=down, padding=padding, gain=gain, slope=slope, clamp=clamp, lean=lean)
     if n * c * per_channel <= CHUNK_BYTES or (fu is None and fd is None) or x.device.type != "cpu":
         return _filtered_lrelu_whole(x, *args, b, **kw)

@@ -1,0 +1,85 @@
+"""The Triton kernels of the filtered leaky ReLU (ops/compiled.py, ops/triton_kernels.py), on CPU.
+
+The kernels are checked in Triton's interpreter (TRITON_INTERPRET=1), which must be set before
+triton is imported: triton_interpret_checks.py runs every check in one child process started
+with it, and each check is a test here. Interpret mode runs a kernel as NumPy code, so the
+shapes are tiny. On a GPU the same kernels are compiled (benchmarks/gpu_check.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from cleftgan_hpc.launch import doctor
+from cleftgan_hpc.model import ops
+from cleftgan_hpc.model.ops import compiled
+
+pytest.importorskip("triton", reason="triton is not installed (the `triton` extra; `make test` installs it)")
+
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+from triton_interpret_checks import CHECKS  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def interpreted_results() -> dict[str, str]:
+    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
+    env.pop("CLEFTGAN_TRITON", None)
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE.parents[1]), env.get("PYTHONPATH", "")])
+    out = subprocess.run([sys.executable, str(HERE / "triton_interpret_checks.py")], capture_output=True, text=True,
+                         timeout=300, env=env, cwd=HERE.parents[1])
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("name", list(CHECKS))
+def test_interpreted_kernels(interpreted_results: dict[str, str], name: str) -> None:
+    """match[CASE-DTYPE]: forward, gradients and the no-grad forward equal the plain ops;
+    codes_are_lean_format, double_backward, failing_kernel[...] (one warning, PyTorch ops),
+    stylegan3_self_checks, doctor_paths: see triton_interpret_checks.py."""
+    result = interpreted_results[name]
+    if result.startswith("skip: "):
+        pytest.skip(result[6:])
+    assert result == "ok", result
+
+
+def test_doctor_without_a_gpu_says_the_cpu_runs_pytorch_ops() -> None:
+    compiled.reset()
+    checks = doctor.check_kernels()
+    kernels = next(c for c in checks if c.name == "kernels")
+    assert kernels.level == doctor.OK and "no GPU" in kernels.detail and "triton 3." in kernels.detail, kernels
+    op = next(c for c in checks if c.name == "op" and c.detail.startswith("filtered_lrelu"))
+    assert "cpu device: pytorch ops" in op.detail
+
+
+def test_doctor_says_when_triton_is_not_installed_or_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    compiled.reset()
+    monkeypatch.setitem(sys.modules, "triton", None)  # `import triton` fails as when it is not installed
+    try:
+        assert compiled.kernels() is None
+        assert compiled.status(torch.device("cuda", 0)) == "pytorch ops: triton: not installed"
+        checks = doctor.check_kernels()
+        assert any("triton: not installed" in c.detail for c in checks if c.name == "kernels"), checks
+    finally:
+        compiled.reset()
+    monkeypatch.setenv("CLEFTGAN_TRITON", "0")
+    assert compiled.status(torch.device("cuda", 0)) == "pytorch ops: switched off by CLEFTGAN_TRITON=0"
+    assert "switched off by CLEFTGAN_TRITON=0" in dict(ops.op_paths("cuda:0"))["filtered_lrelu"]
+
+
+def test_the_cpu_path_does_not_load_the_kernels() -> None:
+    """Off CUDA (outside the interpreted checks) the op never imports the kernel module."""
+    compiled.reset()
+    x = torch.randn(1, 2, 6, 6, requires_grad=True)
+    f = torch.tensor([0.2, 0.5, 0.3])
+    ops.filtered_lrelu(x, f, f, None, up=2, down=2, padding=(2, 1, 2, 1)).sum().backward()
+    with torch.no_grad():
+        ops.filtered_lrelu(x, f, f, None, up=2, down=2, padding=(2, 1, 2, 1))
+    assert compiled.KERNEL_MODULE not in sys.modules
