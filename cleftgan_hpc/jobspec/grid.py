@@ -43,6 +43,25 @@ LABEL_RE = re.compile(r"^[A-Za-z0-9_.+-]{1,40}$")
 INSTANCE_RE = re.compile(r"^([A-Za-z][A-Za-z0-9_-]{0,62})\[([A-Za-z0-9_.+,-]{1,200})\]$")
 
 
+GRID_REFERENCE = "\n".join([
+    "Any stage may carry `grid:`, a mapping of axes; the stage then runs once per combination of the",
+    "axes' values, each an instance of its own named by its values in axis order",
+    "(`train[stylegan2,bgc,250]`), with its own outputs, job and resume.",
+    "",
+    "| axis | example | each value sets |",
+    "|---|---|---|",
+    "| `FIELD: [VALUE, ...]` | `augment: [none, c, bg, bgc]` "
+    "| that field, to a single value (text, number, true/false, null) |",
+    "| `AXIS: {LABEL: {FIELD: VALUE, ...}, ...}` | `architecture: {stylegan2: {network: sg2.pkl, cfg: stylegan2}}` "
+    "| every field under its label, together (any values); the label names the instance |",
+    "",
+    f"A grid expands to at most {MAX_GRID_INSTANCES} instances; `kind`, `needs`, `resources` and `grid` cannot",
+    "vary; a field is set by one axis only and is not also written on the stage; every label of an",
+    "axis sets the same fields. A stage reading a grid stage fans out with it; `compare` gathers every",
+    "instance.",
+])
+
+
 def slug(value: Any) -> str:
     """A grid value as it appears in an instance name (a path by its file name, without extension)."""
     text = "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)

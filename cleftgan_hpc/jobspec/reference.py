@@ -8,6 +8,7 @@ import typing
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
+from cleftgan_hpc.jobspec.grid import GRID_REFERENCE
 from cleftgan_hpc.jobspec.job import JobSpec
 from cleftgan_hpc.jobspec.models import (
     ContainerConfig,
@@ -93,6 +94,8 @@ def spec_reference() -> str:
         "### Every stage",
         model_table(StageBase)
         + f"\n| `kind` | {' or '.join(repr(k) for k in KINDS)} | **required** | What the stage does (tables below). |",
+        "### `grid` (on any stage)",
+        GRID_REFERENCE,
     ]
     for kind, model in KINDS.items():
         outs = ", ".join(f"`{k}` ({v})" for k, v in model.outputs.items())
