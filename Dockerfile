@@ -5,15 +5,20 @@
 #                                --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu -t cleftgan-hpc:cpu .
 #
 # What it holds: a venv (/opt/venv) with torch (the CUDA 12.8 build, or the CPU one), the project
-# with its `sweep` extra (ray[tune], for sweep stages), submitit (the Slurm backend) and jobs/;
-# every Python package at the version in containers/constraints.txt (containers/pin.py). Nothing
-# is downloaded or compiled at run time.
+# with its `sweep` extra (ray[tune], for sweep stages) and `triton` extra (the compiled kernels),
+# submitit (the Slurm backend) and jobs/; every Python package at the version in
+# containers/constraints.txt (containers/pin.py). Nothing is downloaded at run time.
 #
-# No compiled StyleGAN3 kernels: this version's networks run on PyTorch ops (correct; slower on
-# GPUs than the CUDA kernels would be), so `cleftgan-hpc doctor` reporting "kernels FALLBACK" is
-# expected in this image. The CUDA *devel* base (nvcc), g++, ninja and TORCH_CUDA_ARCH_LIST are
-# kept for kernels compiled at build time later; today g++ and python3-dev only serve pip should
-# a pinned package have no wheel for the base's Python.
+# Compiled kernels: Triton kernels for the filtered leaky ReLU (docs/networks.md). Triton compiles
+# per GPU architecture, so `python -m cleftgan_hpc.model.ops.warm` below prebuilds them into
+# /opt/triton-cache only when this build sees a GPU (a Docker daemon whose default runtime is
+# nvidia, or `apptainer build --nv` through containers/cleftgan.def), for that GPU's architecture.
+# A plain `docker build` sees none and prebuilds nothing (it says so); the kernels then compile at
+# first use on each node into TRITON_CACHE_DIR (~/.triton/cache), after their self-check, with the
+# image's gcc and Python headers. Without a GPU (or where a kernel fails its self-check) the
+# networks run on their PyTorch ops, and `cleftgan-hpc doctor` prints its "kernels FALLBACK" line
+# on a GPU node where that happens. The CUDA *devel* base (nvcc), g++ and TORCH_CUDA_ARCH_LIST stay
+# for extensions built with torch.utils.cpp_extension (none today).
 #
 # Left out on purpose: the `detect` extra (dlib-bin, face-recognition-models: face landmarks for
 # photos without a landmarks file). dlib is C++ and builds from source with a compiler toolchain
@@ -25,7 +30,7 @@ FROM ${BASE_IMAGE}
 
 # torch comes from its own index: the CUDA 12.8 build by default, the CPU build with .../whl/cpu.
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
-# For compiled kernels to come (torch.utils.cpp_extension reads it); nothing uses it yet.
+# For C++/CUDA extensions (torch.utils.cpp_extension reads it); the Triton kernels do not need it.
 ARG TORCH_CUDA_ARCH_LIST="7.0;7.5;8.0;8.6;8.9;9.0+PTX"
 # Offline builds: put every wheel in containers/wheels/ and pass --build-arg PIP_NO_INDEX=1.
 ARG PIP_NO_INDEX
@@ -40,7 +45,9 @@ ENV DEBIAN_FRONTEND=noninteractive \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH \
-    TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST}
+    TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST} \
+    CLEFTGAN_TRITON_PREBUILT=/opt/triton-cache \
+    TRITON_CACHE_MANAGER=cleftgan_hpc.model.ops.triton_cache:PrebuiltFirstCache
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
@@ -53,19 +60,25 @@ RUN apt-get update \
 
 WORKDIR /opt/cleftgan-hpc
 
-# Dependencies first (a layer that changes only with the pins), then the project. ray[tune] is
-# the `sweep` extra of pyproject.toml (and IMAGE_EXTRAS in containers/pin.py): keep them in step.
+# Dependencies first (a layer that changes only with the pins), then the project. ray[tune] and
+# triton are the `sweep` and `triton` extras of pyproject.toml (and IMAGE_EXTRAS in
+# containers/pin.py): keep them in step.
 COPY containers/constraints.txt containers/constraints.txt
 COPY containers/wheels/ /tmp/wheels/
 RUN pip install --no-cache-dir --find-links /tmp/wheels --extra-index-url "${TORCH_INDEX_URL}" \
-      --constraint containers/constraints.txt torch submitit "ray[tune]"
+      --constraint containers/constraints.txt torch submitit "ray[tune]" triton
 
 COPY pyproject.toml README.md ./
 COPY cleftgan_hpc/ cleftgan_hpc/
 COPY jobs/ jobs/
-RUN pip install --no-cache-dir --find-links /tmp/wheels --constraint containers/constraints.txt ".[sweep]" \
+RUN pip install --no-cache-dir --find-links /tmp/wheels --constraint containers/constraints.txt ".[sweep,triton]" \
  && pip check \
  && rm -rf /tmp/wheels
+
+# Prebuild and self-check the Triton kernels where this build sees a GPU (see above); read-only
+# at run time, read through TRITON_CACHE_MANAGER, misses compile into TRITON_CACHE_DIR.
+RUN python -m cleftgan_hpc.model.ops.warm --cache /opt/triton-cache \
+ && chmod -R a+rX,go-w /opt/triton-cache
 
 RUN useradd --create-home --uid 1000 --shell /bin/bash cleftgan
 USER 1000:1000

@@ -83,3 +83,35 @@ def test_the_cpu_path_does_not_load_the_kernels() -> None:
     with torch.no_grad():
         ops.filtered_lrelu(x, f, f, None, up=2, down=2, padding=(2, 1, 2, 1))
     assert compiled.KERNEL_MODULE not in sys.modules
+
+
+def test_the_image_cache_manager_reads_prebuilt_kernels_and_writes_elsewhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cleftgan_hpc.model.ops.triton_cache import PrebuiltFirstCache
+
+    prebuilt, writable = tmp_path / "prebuilt", tmp_path / "home-cache"
+    (prebuilt / "KEY").mkdir(parents=True)
+    (prebuilt / "KEY" / "k.cubin").write_bytes(b"prebuilt")
+    monkeypatch.setenv("CLEFTGAN_TRITON_PREBUILT", str(prebuilt))
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(writable))
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # read-only, as in an Apptainer image (even for root)
+    cache = PrebuiltFirstCache("KEY")
+    assert cache.get_file("k.cubin") == str(prebuilt / "KEY" / "k.cubin")
+    stored = cache.put(b"new", "other.json")
+    assert stored == str(writable / "KEY" / "other.json") and Path(stored).read_bytes() == b"new"
+    assert not (prebuilt / "KEY" / "other.json").exists()
+    missing = PrebuiltFirstCache("OTHER")  # not prebuilt: the ordinary cache
+    assert missing.cache_dir == str(writable / "OTHER") and missing.get_file("k.cubin") is None
+
+
+def test_warm_without_a_gpu_prebuilds_nothing_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from cleftgan_hpc.model.ops import warm
+
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "before"))  # restored afterwards
+    monkeypatch.setenv("TRITON_CACHE_MANAGER", "cleftgan_hpc.model.ops.triton_cache:PrebuiltFirstCache")
+    assert warm.main(["--cache", str(tmp_path / "prebuilt")]) == 0
+    assert "no GPU visible" in capsys.readouterr().out
+    assert os.environ["TRITON_CACHE_DIR"] == str(tmp_path / "prebuilt")
