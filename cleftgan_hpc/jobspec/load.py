@@ -337,6 +337,7 @@ def check_graph(data: Any, pos: Positions, file: str) -> list[SpecProblem]:
                 outs = ", ".join(target_kind.outputs)
                 add(("stages", name, key), f"stage {ref[0]!r} has no output {ref[1]!r}; expected one of: {outs}")
         _check_gathered(name, stage, stages, add)
+        _check_trained_cfg(name, stage, stages, add)
     cycle = find_cycle({n: [d for d, _ in raw_dependencies(s) if d in stages and d != n] for n, s in stages.items()})
     if cycle:
         add(("stages", cycle[0]), "dependency cycle: " + " -> ".join(cycle + [cycle[0]]), key=True)
@@ -365,6 +366,34 @@ def _check_gathered(name: str, stage: dict[str, Any], stages: dict[str, dict[str
     if wanted and not kinds <= set(wanted):
         add(loc, f"stage {target!r} is a {'/'.join(sorted(kinds))} stage; {stage.get('kind')} gathers "
                  f"{' or '.join(wanted)} stages ({expected})")
+
+
+def _cfg_of(stage: dict[str, Any]) -> tuple[Any, Loc | None]:
+    """The cfg a finetune or sweep stage trains with (written or default) and where it is written."""
+    from cleftgan_hpc.jobspec.kinds.finetune import FinetuneSettings
+
+    default = FinetuneSettings.model_fields["cfg"].default
+    if stage.get("kind") == "finetune":
+        return stage.get("cfg", default), ("cfg",) if "cfg" in stage else None
+    base = stage.get("base") if isinstance(stage.get("base"), dict) else {}
+    return base.get("cfg", default), ("base", "cfg") if "cfg" in base else None
+
+
+def _check_trained_cfg(name: str, stage: dict[str, Any], stages: dict[str, dict[str, Any]], add) -> None:  # noqa: ANN001
+    """A fine-tune (or sweep) of a network an earlier stage trains uses that stage's cfg: its
+    network has that architecture (the stage checks the network itself again before it trains)."""
+    if stage.get("kind") not in ("finetune", "sweep") or not isinstance(stage.get("network"), str):
+        return
+    ref = stage_ref(stage["network"])
+    source = stages.get(ref[0]) if ref else None
+    if source is None or source.get("kind") not in ("finetune", "sweep") or ref[1] not in (None, "network"):
+        return
+    cfg, where = _cfg_of(stage)
+    trained, _ = _cfg_of(source)
+    if isinstance(cfg, str) and isinstance(trained, str) and cfg != trained:
+        add(("stages", name, *(where or ("network",))),
+            f"cfg {cfg} does not fit network {stage['network']}: stage {ref[0]!r} trains it with cfg {trained}, and "
+            f"a network keeps its architecture; set cfg: {trained}")
 
 
 def find_cycle(graph: dict[str, list[str]]) -> list[str] | None:

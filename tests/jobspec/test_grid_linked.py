@@ -190,3 +190,34 @@ def test_a_missing_stage_in_compare_needs_is_still_reported_at_needs() -> None:
     text = SPEC.replace("    evaluations: score", "    evaluations: score\n    needs: [nope]")
     (p,) = problems(text)
     assert (p.line, p.field) == (22, "stages.table.needs.0") and "unknown stage 'nope'" in p.message
+
+
+def test_a_fine_tune_of_a_trained_network_keeps_its_cfg() -> None:
+    text = """
+    name: x
+    stages:
+      train:
+        kind: finetune
+        network: random
+        dataset: data.zip
+        grid:
+          cfg: [stylegan3-t, stylegan2]
+      again:
+        kind: finetune
+        network: stage:train.network
+        dataset: data.zip
+      tune:
+        kind: sweep
+        network: stage:again[stylegan3-t]
+        dataset: data.zip
+        feature_extractor: demo
+        base: {cfg: stylegan3-r}
+        space: {glr: {choice: [0.002]}}
+    """
+    found = {p.field: p for p in problems(text)}
+    assert set(found) == {"stages.again[stylegan2].network", "stages.tune.base.cfg"}
+    p = found["stages.again[stylegan2].network"]
+    assert p.line == 12 and p.message.startswith("cfg stylegan3-t does not fit network stage:train[stylegan2].network: "
+                                                 "stage 'train[stylegan2]' trains it with cfg stylegan2")
+    assert found["stages.tune.base.cfg"].line == 19 and "set cfg: stylegan3-t" in found["stages.tune.base.cfg"].message
+    load(text.replace("cfg: [stylegan3-t, stylegan2]", "cfg: [stylegan3-t]").replace("stylegan3-r", "stylegan3-t"))
