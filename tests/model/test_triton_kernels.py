@@ -115,3 +115,18 @@ def test_warm_without_a_gpu_prebuilds_nothing_and_says_so(
     assert warm.main(["--cache", str(tmp_path / "prebuilt")]) == 0
     assert "no GPU visible" in capsys.readouterr().out
     assert os.environ["TRITON_CACHE_DIR"] == str(tmp_path / "prebuilt")
+
+
+def test_gpu_check_imports_parses_its_arguments_and_stops_without_a_gpu() -> None:
+    script = HERE.parents[1] / "benchmarks" / "gpu_check.py"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE.parents[1]), env.get("PYTHONPATH", "")])
+    run = lambda *args: subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True,  # noqa: E731
+                                       timeout=120, env=env, cwd=script.parent)
+    help_ = run("--help")
+    assert help_.returncode == 0 and "--ops-only" in help_.stdout and "--reference" in help_.stdout
+    bad = run("--paths", "triton,nope")
+    assert bad.returncode == 2 and "unknown nope" in bad.stderr
+    if not torch.cuda.is_available():
+        out = run("--quick", "--paths", "triton")
+        assert out.returncode == 2 and "no CUDA device visible" in out.stderr
