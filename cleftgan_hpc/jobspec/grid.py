@@ -126,15 +126,17 @@ def _gather(stages: dict[str, Any], suffixes: dict[str, list[str]]) -> None:
         kind = KINDS.get(stage.get("kind")) if isinstance(stage, dict) and isinstance(stage.get("kind"), str) else None
         field = kind.gathers if kind is not None else None
         target = stage.get(field) if field else None
-        if not isinstance(target, str):
+        targets = [target] if isinstance(target, str) else target if isinstance(target, list) else []
+        targets = [t for t in targets if isinstance(t, str)]
+        if not targets:
             continue
         needs = stage.get("needs") if isinstance(stage.get("needs"), list) else []
         expanded: list[Any] = []
-        for i, n in enumerate([*needs, target]):
+        for i, n in enumerate([*needs, *targets]):
             # a stored spec is already expanded: its instances are the stages named after the target
             instances = [x for x in stages if base_name(x) == n and x != n] if isinstance(n, str) else []
-            if i == len(needs) and not instances and n not in stages:
-                break  # an unknown target is reported at the field that names it (check_graph), not in needs
+            if i >= len(needs) and not instances and n not in stages:
+                continue  # an unknown target is reported at the field that names it (check_graph), not in needs
             for one in instances or [n]:
                 if one not in expanded:
                     expanded.append(one)

@@ -345,27 +345,31 @@ def check_graph(data: Any, pos: Positions, file: str) -> list[SpecProblem]:
 
 
 def _check_gathered(name: str, stage: dict[str, Any], stages: dict[str, dict[str, Any]], add) -> None:  # noqa: ANN001
-    """A gathering stage (compare) names the stage it gathers in a field: an unknown stage, or one
+    """A gathering stage (compare) names the stages it gathers in a field: an unknown stage, or one
     of another kind, is reported at that field's line (its generated needs are not the user's)."""
     kind = KINDS.get(str(stage.get("kind")))
     field_name = getattr(kind, "gathers", None)
-    target = stage.get(field_name) if field_name else None
-    if not isinstance(target, str) or not NAME_RE.match(target):
-        return  # absent or malformed: the model reports it
+    value = stage.get(field_name) if field_name else None
+    targets: list[tuple[Any, Loc]] = (
+        [(value, ("stages", name, field_name))] if isinstance(value, str)
+        else [(v, ("stages", name, field_name, i)) for i, v in enumerate(value)] if isinstance(value, list) else []
+    )
     wanted = getattr(kind, "gathers_kinds", ())
-    instances = [n for n in stages if n == target or base_name(n) == target]
     candidates = [n for n, s in stages.items() if str(s.get("kind")) in wanted]
-    expected = f"{' or '.join(wanted)} stages are: {', '.join(dict.fromkeys(base_name(n) for n in candidates))}" \
-        if candidates else f"the job has no {' or '.join(wanted)} stage"
-    loc = ("stages", name, field_name)
-    if not instances:
-        bases = list(dict.fromkeys(base_name(n) for n in candidates))
-        add(loc, f"unknown stage {target!r}{_suggest(target, bases)}; {expected}")
-        return
-    kinds = {str(stages[n].get("kind")) for n in instances}
-    if wanted and not kinds <= set(wanted):
-        add(loc, f"stage {target!r} is a {'/'.join(sorted(kinds))} stage; {stage.get('kind')} gathers "
-                 f"{' or '.join(wanted)} stages ({expected})")
+    bases = list(dict.fromkeys(base_name(n) for n in candidates))
+    expected = f"{' or '.join(wanted)} stages are: {', '.join(bases)}" if candidates \
+        else f"the job has no {' or '.join(wanted)} stage"
+    for target, loc in targets:
+        if not isinstance(target, str) or not NAME_RE.match(target):
+            continue  # malformed: the model reports it
+        instances = [n for n in stages if n == target or base_name(n) == target]
+        if not instances:
+            add(loc, f"unknown stage {target!r}{_suggest(target, bases)}; {expected}")
+            continue
+        kinds = {str(stages[n].get("kind")) for n in instances}
+        if wanted and not kinds <= set(wanted):
+            add(loc, f"stage {target!r} is a {'/'.join(sorted(kinds))} stage; {stage.get('kind')} gathers "
+                     f"{' or '.join(wanted)} stages ({expected})")
 
 
 def _cfg_of(stage: dict[str, Any]) -> tuple[Any, Loc | None]:

@@ -30,22 +30,26 @@ PAPER_LABEL = "paper: StyleGAN3-t, bgc, 514 images"
 def run(cfg: CompareStage, ctx: StageContext) -> dict[str, str]:
     spec_key = join_key(run_prefix(ctx.run_id), "spec.yaml")
     spec = parse_spec(ctx.store.get_text(spec_key), file=ctx.store.uri(spec_key), interpolate=False).spec
-    names = [n for n in spec.stages if base_name(n) == cfg.evaluations]
-    if not names:
-        raise CleftGanError(f"no stage {cfg.evaluations!r} in run {ctx.run_id} to compare")
+    gathered = cfg.evaluation_stages
+    names = [n for g in gathered for n in spec.stages if base_name(n) == g]
+    missing = [g for g in gathered if not any(base_name(n) == g for n in names)]
+    if missing:
+        raise CleftGanError(f"no stage {missing[0]!r} in run {ctx.run_id} to compare")
     settings = {n: _settings(spec, n) for n in names}
     varying = _varying(list(settings.values()))
     rows = []
     for n in names:
         values = _metrics(ctx, n)
-        rows.append({"combination": n[len(cfg.evaluations):] or n, **{k: _short(settings[n].get(k)) for k in varying},
+        # one evaluate stage: a row is its combination, [stylegan2,bgc]; several: the instance's whole name
+        label = n[len(gathered[0]):] or n if len(gathered) == 1 else n
+        rows.append({"combination": label, **{k: _short(settings[n].get(k)) for k in varying},
                      **{m: values.get(m) for m in METRICS}})
     metrics = [m for m in METRICS if any(r[m] is not None for r in rows)]
     columns = ["combination", *varying, *metrics]
     ctx.store.put_text(ctx.key(CompareStage.outputs["table"]), _csv(rows, columns))
     ctx.store.put_text(ctx.key(CompareStage.outputs["markdown"]), _markdown(rows, columns, cfg.paper_figures))
     ctx.store.put_bytes(ctx.key(CompareStage.outputs["figure"]), _figure(rows, metrics, cfg.paper_figures))
-    ctx.log.info(f"compared {len(rows)} combinations of {cfg.evaluations} on {', '.join(metrics) or 'no metrics'}; "
+    ctx.log.info(f"compared {len(rows)} combinations of {', '.join(gathered)} on {', '.join(metrics) or 'no metrics'}; "
                  f"settings that vary: {', '.join(varying) or 'none'}")
     return {name: ctx.key(file) for name, file in CompareStage.outputs.items()}
 

@@ -221,3 +221,23 @@ def test_a_fine_tune_of_a_trained_network_keeps_its_cfg() -> None:
                                                  "stage 'train[stylegan2]' trains it with cfg stylegan2")
     assert found["stages.tune.base.cfg"].line == 19 and "set cfg: stylegan3-t" in found["stages.tune.base.cfg"].message
     load(text.replace("cfg: [stylegan3-t, stylegan2]", "cfg: [stylegan3-t]").replace("stylegan3-r", "stylegan3-t"))
+
+
+def test_each_name_in_a_list_of_evaluations_is_checked_at_its_own_line() -> None:
+    text = SPEC.replace("    evaluations: score", "    evaluations:\n      - score\n      - scroe\n      - train")
+    found = sorted(problems(text), key=lambda p: p.line)
+    assert [(p.line, p.field) for p in found] == [(23, "stages.table.evaluations.1"), (24, "stages.table.evaluations.2")]
+    assert "unknown stage 'scroe'; did you mean 'score'?" in found[0].message
+    assert "'train' is a finetune stage" in found[1].message
+    spec = load(SPEC.replace("evaluations: score", "evaluations: [score]")).spec
+    assert spec.stages["table"].evaluation_stages == ["score"]
+
+
+@pytest.mark.parametrize("value,line,message", [
+    ("[]", 21, "name at least one evaluate stage"),
+    ("[score, score]", 21, "'score' is named twice"),
+    ("[score, stage:score]", 21, "bad stage name 'stage:score'"),
+])
+def test_a_bad_list_of_evaluations_is_refused(value: str, line: int, message: str) -> None:
+    found = [p for p in problems(SPEC.replace("evaluations: score", f"evaluations: {value}")) if message in p.message]
+    assert found and found[0].line == line and found[0].field.startswith("stages.table.evaluations")

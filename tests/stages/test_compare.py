@@ -98,3 +98,29 @@ def test_compare_of_a_linked_grid_is_one_table_with_the_networks_by_file_name(tm
     assert rows[0] == "combination,cfg,glr,augment,network,fid"  # glr: the stylegan2 recipe's own default
     assert rows[1] == '"[stylegan3-t,none]",stylegan3-t,0.0025,none,stylegan3-t-ffhq-1024x1024.pkl,30'
     assert rows[4] == '"[stylegan2,bgc]",stylegan2,0.002,bgc,stylegan2-ffhq-1024x1024.pkl,27'
+
+
+def test_compare_gathers_a_list_of_evaluate_stages_into_one_table(tmp_path: Path) -> None:
+    tuned = """\
+  tuned:
+    kind: evaluate
+    network: /models/tuned.safetensors
+    dataset: data.zip
+    metrics: [fid]
+    feature_extractor: demo
+"""
+    text = textwrap.dedent(LINKED).replace("evaluations: score", "evaluations: [score, tuned]") + tuned
+    spec = parse_spec(text, base_dir=tmp_path, env={}).spec
+    table = make_plan(spec, "paper-1").stage("table")
+    assert table.needs == [*(f"score[{a},{g}]" for a in ("stylegan3-t", "stylegan2") for g in ("none", "bgc")), "tuned"]
+    store = LocalStore(tmp_path / "store")
+    store.put_text("runs/paper-1/spec.yaml", yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+    for i, s in enumerate(table.needs):
+        key = f"runs/paper-1/stages/{s}/metrics.json"
+        store.put_json(key, {"metrics": {"fid": 30.0 - i}})
+        store.put_json(f"runs/paper-1/stages/{s}/result.json", {"outputs": {"metrics": key}})
+    ctx = StageContext(store, "paper-1", "table", tmp_path / "scratch", logging.getLogger("t"))
+    out = stage_function("compare")(table.config, ctx)
+    rows = store.get_text(out["table"]).splitlines()
+    assert len(rows) == 6 and rows[1].startswith('"score[stylegan3-t,none]",') and rows[5].startswith("tuned,")
+    assert rows[5].endswith(",26")  # the evaluation of one network, beside the grid's

@@ -6,6 +6,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator
 
+from cleftgan_hpc.errors import FieldError
 from cleftgan_hpc.jobspec.models import NAME_RE, StageBase
 
 
@@ -15,9 +16,10 @@ class CompareStage(StageBase):
     the settings that vary, and the paper's own figures marked where the paper gives them."""
 
     kind: Literal["compare"]
-    evaluations: str = Field(
+    evaluations: str | list[str] = Field(
         description="The evaluate stage to gather, by name (e.g. score): every instance of it when it fans "
-        "out with a grid. Its instances become this stage's dependencies."
+        "out with a grid; or a list of them, gathered into the one table. Their instances become this stage's "
+        "dependencies."
     )
     paper_figures: bool = Field(
         True, description="Mark the paper's reported figures (StyleGAN3-t, bgc, 514 images: FID 21.03, PPL 16.43)."
@@ -32,7 +34,20 @@ class CompareStage(StageBase):
 
     @field_validator("evaluations")
     @classmethod
-    def _name(cls, v: str) -> str:
-        if not NAME_RE.match(v):
-            raise ValueError(f"bad stage name {v!r}: the evaluate stage's name, e.g. score (no stage: prefix)")
+    def _name(cls, v: str | list[str]) -> str | list[str]:
+        names = [v] if isinstance(v, str) else v
+        if not names:
+            raise ValueError("name at least one evaluate stage, e.g. score")
+        for i, name in enumerate(names):
+            if not NAME_RE.match(name):
+                where = () if isinstance(v, str) else (i,)
+                raise FieldError(f"bad stage name {name!r}: the evaluate stage's name, e.g. score (no stage: prefix)",
+                                 *where)
+            if name in names[:i]:
+                raise FieldError(f"{name!r} is named twice", i)
         return v
+
+    @property
+    def evaluation_stages(self) -> list[str]:
+        """The evaluate stages gathered, as a list."""
+        return [self.evaluations] if isinstance(self.evaluations, str) else list(self.evaluations)
