@@ -281,6 +281,20 @@ def _references(stage: dict[str, Any]) -> list[tuple[str, Loc, str]]:
     return refs
 
 
+def _pointed(stage: dict[str, Any], suffixes: dict[str, str]) -> dict[str, Any]:
+    """The stage with its references to the given grid stages pointed at one instance of each."""
+    inst = dict(stage)
+    for target, where, written in _references(stage):
+        if target not in suffixes:
+            continue
+        suffix = suffixes[target]
+        if where[0] == "needs":
+            inst["needs"] = [n + suffix if n == target else n for n in inst["needs"]]
+        else:
+            inst[where[0]] = "stage:" + target + suffix + written[len("stage:") + len(target):]
+    return inst
+
+
 def _fan_out(stages: dict[str, Any], suffixes: dict[str, list[str]], positions: Any, problem) -> None:  # noqa: ANN001
     """Stages reading a grid stage become one instance per grid instance (repeated until no
     stage reads a grid stage as a whole: chains fan out stage by stage)."""
@@ -296,6 +310,13 @@ def _fan_out(stages: dict[str, Any], suffixes: dict[str, list[str]], positions: 
                 continue  # it depends on every instance (see _gather), it does not fan out
             if not grids:
                 continue
+            if base_name(name) != name:  # a grid's instance: its own grid and the one it reads would cross
+                other = sorted(grids)[0]
+                problem(("stages", base_name(name), GRID_KEY),
+                        f"a grid stage cannot read another grid stage ({other!r}): grids do not cross; read one "
+                        f"instance of it (stage:{other}[...]) or give this stage no grid", True)
+                stages[name] = _pointed(stage, {g: suffixes[g][0] for g in grids})  # validated for its other errors
+                continue
             sets = {tuple(suffixes[g]) for g in grids}
             if len(sets) > 1:
                 problem(("stages", name), f"reads grid stages {sorted(grids)} whose combinations differ; "
@@ -305,15 +326,7 @@ def _fan_out(stages: dict[str, Any], suffixes: dict[str, list[str]], positions: 
             (order,) = sets
             del stages[name]
             for suffix in order:
-                inst = dict(stage)
-                for target, where, written in _references(stage):
-                    if target not in grids:
-                        continue
-                    if where[0] == "needs":
-                        inst["needs"] = [n + suffix if n == target else n for n in inst["needs"]]
-                    else:
-                        inst[where[0]] = "stage:" + target + suffix + written[len("stage:") + len(target):]
-                stages[name + suffix] = inst
+                stages[name + suffix] = _pointed(stage, dict.fromkeys(grids, suffix))
                 _copy_positions(positions, ("stages", name), ("stages", name + suffix))
             suffixes[name] = list(order)
             changed = True

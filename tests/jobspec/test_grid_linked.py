@@ -241,3 +241,11 @@ def test_each_name_in_a_list_of_evaluations_is_checked_at_its_own_line() -> None
 def test_a_bad_list_of_evaluations_is_refused(value: str, line: int, message: str) -> None:
     found = [p for p in problems(SPEC.replace("evaluations: score", f"evaluations: {value}")) if message in p.message]
     assert found and found[0].line == line and found[0].field.startswith("stages.table.evaluations")
+
+
+def test_a_grid_stage_reading_another_grid_stage_is_one_clear_error() -> None:
+    text = SPEC.replace("    feature_extractor: demo\n", "    feature_extractor: demo\n    grid:\n"
+                        "      num_images: [100, 200]\n")
+    found = [p for p in problems(text) if "grids do not cross" in p.message]
+    assert len(found) == 1 and (found[0].line, found[0].field) == (19, "stages.score.grid")
+    assert len(problems(text)) == 1  # nothing else: no bad names, no missing stages
