@@ -249,3 +249,18 @@ def test_a_grid_stage_reading_another_grid_stage_is_one_clear_error() -> None:
     found = [p for p in problems(text) if "grids do not cross" in p.message]
     assert len(found) == 1 and (found[0].line, found[0].field) == (19, "stages.score.grid")
     assert len(problems(text)) == 1  # nothing else: no bad names, no missing stages
+
+
+def test_a_sweep_cannot_search_the_architecture() -> None:
+    text = """
+    name: x
+    stages:
+      tune:
+        kind: sweep
+        network: random
+        dataset: data.zip
+        feature_extractor: demo
+        space: {cfg: {choice: [stylegan2, stylegan3-t]}}
+    """
+    (p,) = problems(text)
+    assert p.line == 9 and "'cfg' cannot be searched (it is the network's architecture" in p.message

@@ -57,6 +57,8 @@ UNSEARCHABLE = {
     "processes": "a trial is one process",
     "max_images": "trials on different subsets are not comparable; put the sweep in a grid instead",
     "subset_seed": "trials on different subsets are not comparable",
+    "cfg": "it is the network's architecture, not a setting to tune; compare architectures with a grid "
+           "(an axis linking each network to its cfg)",
 }
 
 
