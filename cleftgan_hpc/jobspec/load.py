@@ -246,6 +246,9 @@ def parse_spec(
         raise SpecError(reader.problems)
 
     problems = expand_grids(data, reader.pos, file)
+    # a grid instance's value from the environment is still one: never echoed in a message
+    from_env_at = {reader.pos.values[loc] for loc in reader.from_env if loc in reader.pos.values}
+    reader.from_env |= {loc for loc, where in reader.pos.values.items() if where in from_env_at}
     base = base_dir or Path.cwd()
     problems += check_graph(data, reader.pos, file)
     problems += _located(lambda report: check_max_images(data, report, base), reader.pos, file)

@@ -264,3 +264,11 @@ def test_a_sweep_cannot_search_the_architecture() -> None:
     """
     (p,) = problems(text)
     assert p.line == 9 and "'cfg' cannot be searched (it is the network's architecture" in p.message
+
+
+def test_a_grid_value_from_the_environment_is_not_echoed() -> None:
+    text = SPEC.replace("cfg: stylegan2\n", "cfg: ${ARCH}\n")
+    with pytest.raises(SpecError) as info:
+        parse_spec(text, file="job.yaml", env={"ARCH": "hunter2-token"})
+    (p,) = info.value.problems
+    assert p.line == 11 and "hunter2" not in str(info.value) and "not shown" in p.message
