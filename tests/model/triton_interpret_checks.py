@@ -30,7 +30,6 @@ from cleftgan_hpc.model.ops.upfirdn2d import upfirdn2d
 
 BF16_SKIP = ("bfloat16: Triton 3.7's interpreter misreads bfloat16 memory (a loaded value is not the stored one), "
              "so interpret mode cannot check it; on a GPU the self-check checks bfloat16 before the kernels are used")
-F16_CASES = ("T-up2-down2", "R-up2-down2-radial", "up1-down1-activation-only")
 
 
 class Skip(Exception):
@@ -90,8 +89,6 @@ def match(name: str, dtype_name: str) -> None:
     dtype = DTYPES[dtype_name]
     if dtype == torch.bfloat16:
         raise Skip(BF16_SKIP)
-    if dtype == torch.float16 and name not in F16_CASES:
-        raise Skip(f"float16 is checked on {', '.join(F16_CASES)} (interpret mode is slow); float32 on every case")
     case = CASES[name]
     calls = []
     real = compiled.CompiledFilteredLReLU.apply
@@ -151,13 +148,16 @@ def double_backward() -> None:
 
 
 class _WrongKernel:
-    """Stands in for a kernel: launches the real one with a wrong slope, or fails to compile."""
+    """Stands in for a kernel: launches the real one with a wrong slope, or fails to compile
+    (for every dtype, or only for ``only``)."""
 
-    def __init__(self, real: object, fail: bool) -> None:
-        self.real, self.fail = real, fail
+    def __init__(self, real: object, fail: bool, only: torch.dtype | None = None) -> None:
+        self.real, self.fail, self.only = real, fail, only
 
     def __getitem__(self, grid: tuple):
         def launch(*args, **kwargs):
+            if self.only is not None and args[0].dtype != self.only:
+                return self.real[grid](*args, **kwargs)
             if self.fail:
                 raise RuntimeError("PTX compile error (simulated)")
             args = list(args)
@@ -194,6 +194,27 @@ def failing_kernel(fail: bool) -> None:
         mod._fir = real
 
 
+def one_dtype_fails() -> None:
+    """float16 fails its check, float32 passes: float16 runs the PyTorch ops, float32 the
+    kernels, and the report names both."""
+    mod = compiled.kernels()
+    real = mod._fir
+    mod._fir = _WrongKernel(real, False, only=torch.float16)
+    try:
+        fu, fd, up, down, padding = CASES["T-up2-down2"]
+        x, b = torch.randn(1, 2, 9, 9), torch.randn(2)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for dtype in (torch.float32, torch.float16):
+                ops.filtered_lrelu(x.to(dtype), fu, fd, b, up=up, down=down, padding=padding)
+        assert len([w for w in caught if "Triton" in str(w.message)]) == 1
+        status = compiled.status("cpu")
+        assert status.startswith("triton kernels on cpu (interpreted; self-checked: float32)"), status
+        assert "float16: self-check failed" in status, status
+    finally:
+        mod._fir = real
+
+
 def stylegan3_self_checks() -> None:
     """What the image build and doctor run on a GPU (every T/R configuration), here a few in float32."""
     cfgs = compiled.stylegan3_configs()
@@ -216,6 +237,7 @@ CHECKS: dict[str, Callable[[], None]] = {
     "double_backward": double_backward,
     "failing_kernel[disagrees]": lambda: failing_kernel(False),
     "failing_kernel[does-not-compile]": lambda: failing_kernel(True),
+    "one_dtype_fails": one_dtype_fails,
     "stylegan3_self_checks": stylegan3_self_checks,
     "doctor_paths": doctor_paths,
 }

@@ -128,7 +128,7 @@ def device_reason(device: torch.device) -> str | None:
         return None
     if device.type == "cpu" and _interpret_cpu and interpreted():
         return None
-    return f"{device.type} device: pytorch ops (the Triton kernels are for CUDA)"
+    return f"{device.type} device: pytorch ops, the Triton kernels are for CUDA"
 
 
 def may_run_on(device: torch.device) -> bool:
@@ -471,12 +471,13 @@ def status(device: torch.device | str | None = None) -> str:
     if why:
         return why
     dev = _device_key(device)
-    failed = {d: why for (k, d), why in _failed.items() if k == dev}
-    if failed:
-        return "; ".join(f"{str(d)[6:]}: self-check failed ({w}), pytorch ops" for d, w in failed.items())
-    done = sorted({str(k[1])[6:] for k, ok in _checked.items() if k[0] == dev and ok})
-    checked = f"self-checked so far: {', '.join(done)}" if done else "each configuration self-checks at first use"
-    return f"triton kernels on {dev} ({'interpreted' if interpreted() else 'compiled'}; {checked})"
+    failed = [f"{str(d)[6:]}: self-check failed ({w}), pytorch ops" for (k, d), w in _failed.items() if k == dev]
+    done = sorted({str(k[1])[6:] for k, ok in _checked.items() if k[0] == dev and ok and (dev, k[1]) not in _failed})
+    if failed and not done:
+        return "; ".join(failed)
+    checked = f"self-checked: {', '.join(done)}" if done else "each configuration self-checks at first use"
+    how = "interpreted" if interpreted() else "compiled"
+    return f"triton kernels on {dev} ({how}; {checked})" + "".join(f"; {f}" for f in failed)
 
 
 def check_device(device: torch.device | str, configs: list[dict[str, Any]] | None = None) -> str:
