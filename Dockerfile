@@ -10,15 +10,18 @@
 # containers/constraints.txt (containers/pin.py). Nothing is downloaded at run time.
 #
 # Compiled kernels: Triton kernels for the filtered leaky ReLU (docs/networks.md). Triton compiles
-# per GPU architecture, so `python -m cleftgan_hpc.model.ops.warm` below prebuilds them into
-# /opt/triton-cache only when this build sees a GPU (a Docker daemon whose default runtime is
-# nvidia, or `apptainer build --nv` through containers/cleftgan.def), for that GPU's architecture.
-# A plain `docker build` sees none and prebuilds nothing (it says so); the kernels then compile at
-# first use on each node into TRITON_CACHE_DIR (~/.triton/cache), after their self-check, with the
-# image's gcc and Python headers. Without a GPU (or where a kernel fails its self-check) the
-# networks run on their PyTorch ops, and `cleftgan-hpc doctor` prints its "kernels FALLBACK" line
-# on a GPU node where that happens. The CUDA *devel* base (nvcc), g++ and TORCH_CUDA_ARCH_LIST stay
-# for extensions built with torch.utils.cpp_extension (none today).
+# per GPU architecture; `python -m cleftgan_hpc.model.ops.warm` below compiles every kernel the
+# StyleGAN3-T/R configurations use, for each architecture in TRITON_ARCHS, without a GPU
+# (Triton's own compiler and bundled ptxas; about 2-3 minutes per architecture on 2 cores), into
+# /opt/triton-cache, which the image reads at run time. Where the build also sees a GPU (a Docker
+# daemon whose default runtime is nvidia, or `apptainer build --nv` through
+# containers/cleftgan.def) it compiles for that GPU too and runs the self-checks. Any other GPU
+# architecture compiles at first use on a node into TRITON_CACHE_DIR (~/.triton/cache), with
+# the image's gcc and Python headers (also Triton's small CUDA helper module, once per cache).
+# At first use in every job each kernel checks itself against the PyTorch ops; where one fails
+# (or there is no GPU) the networks run on their PyTorch ops, and on a GPU node
+# `cleftgan-hpc doctor` prints its "kernels FALLBACK" line. The CUDA *devel* base (nvcc), g++ and
+# TORCH_CUDA_ARCH_LIST stay for extensions built with torch.utils.cpp_extension (none today).
 #
 # Left out on purpose: the `detect` extra (dlib-bin, face-recognition-models: face landmarks for
 # photos without a landmarks file). dlib is C++ and builds from source with a compiler toolchain
@@ -32,6 +35,9 @@ FROM ${BASE_IMAGE}
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
 # For C++/CUDA extensions (torch.utils.cpp_extension reads it); the Triton kernels do not need it.
 ARG TORCH_CUDA_ARCH_LIST="7.0;7.5;8.0;8.6;8.9;9.0+PTX"
+# GPU architectures (compute capability x10) the Triton kernels are compiled for at build time,
+# without a GPU: 80 A100, 86 A40/RTX 30, 89 L40/RTX 40, 90 H100/H200. "" compiles none.
+ARG TRITON_ARCHS="80;90"
 # Offline builds: put every wheel in containers/wheels/ and pass --build-arg PIP_NO_INDEX=1.
 ARG PIP_NO_INDEX
 
@@ -75,9 +81,9 @@ RUN pip install --no-cache-dir --find-links /tmp/wheels --constraint containers/
  && pip check \
  && rm -rf /tmp/wheels
 
-# Prebuild and self-check the Triton kernels where this build sees a GPU (see above); read-only
-# at run time, read through TRITON_CACHE_MANAGER, misses compile into TRITON_CACHE_DIR.
-RUN python -m cleftgan_hpc.model.ops.warm --cache /opt/triton-cache \
+# Prebuild the Triton kernels for TRITON_ARCHS (and self-check them where this build sees a GPU);
+# read-only at run time, read through TRITON_CACHE_MANAGER, misses compile into TRITON_CACHE_DIR.
+RUN python -m cleftgan_hpc.model.ops.warm --cache /opt/triton-cache --archs "${TRITON_ARCHS}" \
  && chmod -R a+rX,go-w /opt/triton-cache
 
 RUN useradd --create-home --uid 1000 --shell /bin/bash cleftgan

@@ -105,16 +105,38 @@ def test_the_image_cache_manager_reads_prebuilt_kernels_and_writes_elsewhere(
     assert missing.cache_dir == str(writable / "OTHER") and missing.get_file("k.cubin") is None
 
 
-def test_warm_without_a_gpu_prebuilds_nothing_and_says_so(
+def test_warm_without_a_gpu_or_architectures_prebuilds_nothing_and_says_so(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     from cleftgan_hpc.model.ops import warm
 
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "before"))  # restored afterwards
     monkeypatch.setenv("TRITON_CACHE_MANAGER", "cleftgan_hpc.model.ops.triton_cache:PrebuiltFirstCache")
-    assert warm.main(["--cache", str(tmp_path / "prebuilt")]) == 0
-    assert "no GPU visible" in capsys.readouterr().out
+    assert warm.main(["--cache", str(tmp_path / "prebuilt"), "--archs", ""]) == 0
+    out = capsys.readouterr().out
+    assert "no GPU visible" in out and "nothing compiled now" in out, out
     assert os.environ["TRITON_CACHE_DIR"] == str(tmp_path / "prebuilt")
+    assert warm.parse_archs("8.0;sm_90, 86") == [80, 90, 86]
+
+
+def test_prebuild_compiles_for_a_gpu_architecture_without_a_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the image build does (here one small configuration, float16, sm_90): the kernels
+    compile with Triton's compiler into the cache, and a second prebuild finds all of them there."""
+    import time
+
+    compiled.reset()
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("TRITON_CACHE_MANAGER", raising=False)
+    cfg = dict(fu=torch.full([2], 0.5), fd=torch.full([2, 2], 0.25), up=2, down=2, padding=(1, 0, 1, 0),
+               gain=2**0.5, slope=0.2, clamp=256.0, bias=False)  # the separable up, 2-D down passes, both epilogues
+    assert compiled.prebuild([90], [cfg], (torch.float16,)) == {90: []}
+    entries = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    assert len(entries) >= 6, entries  # forward x/y passes (with and without codes), down, backward passes
+    assert any(p.suffix == ".cubin" for p in (tmp_path / "cache").rglob("*")), "no GPU binary was written"
+    t0 = time.perf_counter()
+    assert compiled.prebuild([90], [cfg], (torch.float16,)) == {90: []}
+    assert time.perf_counter() - t0 < 2 and sorted(p.name for p in (tmp_path / "cache").iterdir()) == entries
+    assert compiled.may_run_on(torch.device("cpu")) is False  # nothing left switched on
 
 
 def test_gpu_check_imports_parses_its_arguments_and_stops_without_a_gpu() -> None:

@@ -46,6 +46,7 @@ _checked: dict[tuple, bool] = {}  # (device, dtype, configuration) -> passed
 _failed: dict[tuple[str, torch.dtype], str] = {}  # (device, dtype) -> why the compiled path is off there
 _warned: set[tuple[str, Any]] = set()
 _interpret_cpu = False  # tests: CPU tensors count as a kernel device (with TRITON_INTERPRET=1 kernels)
+_compile_only = False  # prebuild(): kernels are compiled for a given GPU architecture, not launched
 
 
 @contextlib.contextmanager
@@ -149,6 +150,13 @@ def _as_filter(f: torch.Tensor | None, device: torch.device) -> torch.Tensor:
     return torch.ones([1], dtype=torch.float32, device=device) if f is None else f
 
 
+def _launch(kernel: Any, grid: tuple[int], *args: Any, **kwargs: Any) -> None:
+    if _compile_only:
+        kernel.warmup(*args, grid=grid, **kwargs)
+    else:
+        kernel[grid](*args, **kwargs)
+
+
 def _fir(
     x: torch.Tensor,
     fc: torch.Tensor,  # [KH, KW] float32, correlation order, gains folded in
@@ -173,7 +181,7 @@ def _fir(
         return out
     sign, clamped = codes
     dummy = out
-    mod._fir[(math.ceil(total / BLOCK),)](
+    _launch(mod._fir, (math.ceil(total / BLOCK),),
         x, fc, bias if bias is not None else dummy, out,
         sign if sign is not None else dummy, clamped if clamped is not None else dummy,
         total, c, h, w, out_hw[0], out_hw[1], pad0[0], pad0[1], pad0[0] % up[0], pad0[1] % up[1],
@@ -196,7 +204,7 @@ def _act(
     if total == 0:
         return out
     sign, clamped = codes
-    mod._act[(math.ceil(total / BLOCK),)](
+    _launch(mod._act, (math.ceil(total / BLOCK),),
         x, b if b is not None else out, out, sign if sign is not None else out,
         clamped if clamped is not None else out, total, x.shape[1], x.shape[2] * x.shape[3],
         float(slope), float(bound), float(gain),
@@ -214,11 +222,24 @@ def _has_down(fd: torch.Tensor | None, down: int) -> bool:
     return fd is not None or down != 1
 
 
+def _on(device: torch.device) -> contextlib.AbstractContextManager:
+    """Launch on the tensors' GPU (Triton launches on the current device)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
 def forward(
     x: torch.Tensor, b: torch.Tensor | None, fu: torch.Tensor | None, fd: torch.Tensor | None, up: int, down: int,
     padding: Padding, gain: float, slope: float, clamp: float | None, keep_codes: bool,
 ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Size]:
     """The op through the kernels: (output, the codes lean.py keeps (when asked), upsampled shape)."""
+    with _on(x.device):
+        return _forward(x, b, fu, fd, up, down, padding, gain, slope, clamp, keep_codes)
+
+
+def _forward(
+    x: torch.Tensor, b: torch.Tensor | None, fu: torch.Tensor | None, fd: torch.Tensor | None, up: int, down: int,
+    padding: Padding, gain: float, slope: float, clamp: float | None, keep_codes: bool,
+) -> tuple[torch.Tensor, list[torch.Tensor], torch.Size]:
     x = x.contiguous()
     n, c, h, w = x.shape
     px0, px1, py0, py1 = padding
@@ -272,6 +293,12 @@ def forward(
 def backward(ctx: Any, grad_out: torch.Tensor, codes: list[torch.Tensor], fu: torch.Tensor | None,
              fd: torch.Tensor | None) -> torch.Tensor:
     """The input gradient through the kernels, from the codes (``ctx``: as LeanFilteredLReLU's)."""
+    with _on(grad_out.device):
+        return _backward(ctx, grad_out, codes, fu, fd)
+
+
+def _backward(ctx: Any, grad_out: torch.Tensor, codes: list[torch.Tensor], fu: torch.Tensor | None,
+              fd: torch.Tensor | None) -> torch.Tensor:
     g = grad_out.contiguous()
     codes = list(codes)
     sign = codes.pop(0) if ctx.has_slope else None
@@ -401,7 +428,7 @@ def self_check(device: torch.device, dtype: torch.dtype, fu: torch.Tensor | None
     """Run one configuration on a small input through the kernels and through the PyTorch ops
     (lean.py: forward, codes, backward from the same codes); None if they agree, else why not."""
     try:
-        with torch.inference_mode(False), torch.no_grad():
+        with torch.inference_mode(False), torch.no_grad(), torch.autocast(device.type, enabled=False), _on(device):
             return _self_check(device, dtype, fu, fd, up, down, padding, gain, slope, clamp, has_bias)
     except Exception as exc:  # noqa: BLE001 - a kernel that does not compile or launch fails its check
         msg = str(exc).strip().splitlines()
@@ -413,11 +440,7 @@ def _self_check(device: torch.device, dtype: torch.dtype, fu: torch.Tensor | Non
                 has_bias: bool) -> str | None:
     fu = fu.detach().clone() if fu is not None else None
     fd = fd.detach().clone() if fd is not None else None
-    px0, px1, py0, py1 = padding
-    ku = 1 if fu is None else fu.shape[0]
-    kd = 1 if fd is None else fd.shape[0]
-    # a small input whose upsampled and downsampled sizes are at least a few values
-    size = max(3, math.ceil((kd + 3 * down + ku - 1 - min(px0 + px1, py0 + py1)) / up))
+    size = _small_size(fu, fd, up, down, padding)
     gen = torch.Generator(device="cpu").manual_seed(1)
     x = (torch.randn(2, 3, size, size + 1, generator=gen) * 2).to(device=device, dtype=dtype)
     b = torch.randn(3, generator=gen).to(device) if has_bias else None
@@ -454,6 +477,14 @@ def _self_check(device: torch.device, dtype: torch.dtype, fu: torch.Tensor | Non
     if got.shape != want.shape or err > tol:
         return f"backward: max error {err:.2g} of the largest value (tolerance {tol:g})"
     return None
+
+
+def _small_size(fu: torch.Tensor | None, fd: torch.Tensor | None, up: int, down: int, padding: Padding) -> int:
+    """A small input size whose upsampled and downsampled sizes are at least a few values."""
+    px0, px1, py0, py1 = padding
+    ku = 1 if fu is None else fu.shape[0]
+    kd = 1 if fd is None else fd.shape[0]
+    return max(3, math.ceil((kd + 3 * down + ku - 1 - min(px0 + px1, py0 + py1)) / up))
 
 
 def status(device: torch.device | str | None = None) -> str:
@@ -512,3 +543,82 @@ def stylegan3_configs(device: torch.device | str = "cpu") -> list[dict[str, Any]
         dict(base, fu=sep(24), fd=rad(12), up=4, down=2, padding=(5, 4, 5, 4)),
         dict(base, fu=sep(12), fd=rad(12), up=2, down=1, padding=(9, 8, 9, 8)),
     ]
+
+
+# -- compiling ahead of time, without a GPU --------------------------------------------------------
+
+
+class _TargetOnly:
+    """A stand-in for Triton's CUDA driver that only names a GPU architecture (no device)."""
+
+    def __init__(self, arch: int) -> None:
+        from triton.backends.compiler import GPUTarget
+
+        self.target = GPUTarget("cuda", arch, 32)
+
+    def get_current_target(self) -> Any:
+        return self.target
+
+    def get_current_device(self) -> int:
+        return 0
+
+    def get_current_stream(self, device: int | None = None) -> int:
+        return 0
+
+    def get_active_torch_device(self) -> torch.device:
+        return torch.device("cpu")
+
+
+def prebuild(archs: list[int], configs: list[dict[str, Any]] | None = None,
+             dtypes: tuple[torch.dtype, ...] = tuple(TOLERANCE)) -> dict[int, list[str]]:
+    """Compile every kernel variant the StyleGAN3-T/R configurations (or ``configs``) use, in
+    every dtype, forward (with and without codes) and backward, for each GPU architecture in
+    ``archs`` (e.g. 80, 90), into Triton's cache, without a GPU: Triton's own compiler (its
+    bundled ptxas) under a stand-in driver that names the architecture; nothing is launched.
+    The cache keys are those a launch on such a GPU computes (same source, specialisation,
+    target and options), so a node finds them there instead of compiling. Returns, per
+    architecture, the failures ("dtype config: error"); none is a complete prebuild."""
+    global _compile_only
+    mod = kernels()
+    if mod is None:
+        raise RuntimeError(f"the Triton kernels do not load: {_load_error}")
+    if interpreted():
+        raise RuntimeError("TRITON_INTERPRET=1: the kernels are interpreted, nothing to compile")
+    from triton.runtime.driver import driver
+
+    saved = driver._active
+    failures: dict[int, list[str]] = {}
+    try:
+        for arch in archs:
+            driver.set_active(_TargetOnly(arch))
+            for kernel in (mod._fir, mod._act):
+                kernel.device_caches.clear()  # binders hold the target they were made for
+            _compile_only = True
+            failures[arch] = []
+            for dtype in dtypes:
+                for cfg in configs or stylegan3_configs("cpu"):
+                    try:
+                        _compile_config(dtype, cfg)
+                    except Exception as exc:  # noqa: BLE001 - one variant that does not compile is reported
+                        what = f"up {cfg['up']} down {cfg['down']} fd {tuple(cfg['fd'].shape)}"
+                        failures[arch].append(f"{str(dtype)[6:]} {what}: {type(exc).__name__}: {exc}"[:300])
+    finally:
+        _compile_only = False
+        driver._active = saved
+        for kernel in (mod._fir, mod._act):
+            kernel.device_caches.clear()
+    return failures
+
+
+def _compile_config(dtype: torch.dtype, cfg: dict[str, Any]) -> None:
+    """Run the op's host code on small CPU tensors with compile-only launches (see prebuild)."""
+    fu, fd, up, down = cfg["fu"].cpu(), cfg["fd"].cpu(), cfg["up"], cfg["down"]
+    padding, gain, slope, clamp = cfg["padding"], cfg["gain"], cfg["slope"], cfg["clamp"]
+    size = _small_size(fu, fd, up, down, padding)
+    x = torch.zeros(1, 2, size, size, dtype=dtype)
+    b = torch.zeros(2) if cfg.get("bias", True) else None
+    out, codes, u_shape = forward(x, b, fu, fd, up, down, padding, gain, slope, clamp, keep_codes=True)
+    forward(x, b, fu, fd, up, down, padding, gain, slope, clamp, keep_codes=False)
+    ctx = types.SimpleNamespace(needs_input_grad=(True, b is not None) + (False,) * 8)
+    _fill_ctx(ctx, x, b, up, down, padding, gain, slope, clamp, u_shape)
+    backward(ctx, torch.zeros(out.shape, dtype=dtype), codes, fu, fd)

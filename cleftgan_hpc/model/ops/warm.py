@@ -1,14 +1,21 @@
-"""Compile and self-check the Triton kernels for every StyleGAN3-T/R configuration and dtype
-now, into Triton's cache: the image build runs it, so no job compiles at start.
+"""Fill Triton's cache with the filtered leaky ReLU's kernels at image build time, so that no
+job compiles them at start.
 
-    python -m cleftgan_hpc.model.ops.warm [--cache DIR]
+    python -m cleftgan_hpc.model.ops.warm [--cache DIR] [--archs "80;90"] [--strict]
 
-With ``--cache`` (default: $CLEFTGAN_TRITON_PREBUILT), the kernels are written there (the
-image's prebuilt cache, read by triton_cache.PrebuiltFirstCache at run time). Triton compiles
-for the GPU it runs on: a build that sees no GPU (``docker build`` on most hosts) prebuilds
-nothing and says so; kernels then compile at first use on each node into TRITON_CACHE_DIR.
-Exit status 0 either way (the image works without them: a kernel that fails its self-check is
-reported and left out); with ``--strict``, 1 when a kernel fails its self-check.
+1. Without a GPU: compiles every kernel variant StyleGAN3-T/R use (each dtype; forward with and
+   without codes; backward) for each GPU architecture in ``--archs`` (default
+   $CLEFTGAN_TRITON_ARCHS, else "80;90": A100, H100/H200), with Triton's own compiler and
+   its bundled ptxas (compiled.prebuild). About 2-3 minutes per architecture on 2 CPU cores.
+2. With a GPU visible (a Docker daemon whose default runtime is nvidia, `apptainer build
+   --nv`): also compiles for that GPU and runs every configuration's self-check now.
+
+The kernels are written to ``--cache`` (default $CLEFTGAN_TRITON_PREBUILT), the image's
+prebuilt cache read by triton_cache.PrebuiltFirstCache at run time. Another architecture
+compiles at first use on a node into TRITON_CACHE_DIR; the self-check against the PyTorch
+ops runs at first use in every job either way. Exit status 0 (the image works without the
+kernels: what fails is reported and left to the PyTorch ops); with ``--strict``, 1 when a
+kernel fails to compile or its self-check.
 """
 
 from __future__ import annotations
@@ -16,15 +23,29 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
+
+
+def parse_archs(text: str) -> list[int]:
+    """ "80;90" or "8.0 9.0" or "sm_80,sm_90" -> [80, 90]."""
+    out = []
+    for part in text.replace(",", ";").replace(" ", ";").split(";"):
+        part = part.strip().lower().removeprefix("sm_").replace("+ptx", "")
+        if part:
+            out.append(int(float(part) * 10) if "." in part else int(part))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache", default=os.environ.get("CLEFTGAN_TRITON_PREBUILT"),
                     help="the cache directory to fill (default: $CLEFTGAN_TRITON_PREBUILT)")
-    ap.add_argument("--strict", action="store_true", help="exit 1 when a kernel fails its self-check")
+    ap.add_argument("--archs", default=os.environ.get("CLEFTGAN_TRITON_ARCHS", "80;90"),
+                    help='GPU architectures to compile for without a GPU, e.g. "80;90" ("" for none)')
+    ap.add_argument("--strict", action="store_true", help="exit 1 when a kernel fails to compile or its self-check")
     a = ap.parse_args(argv)
-    if a.cache:  # before triton is imported: it reads these when it compiles
+    archs = parse_archs(a.archs)
+    if a.cache:  # before triton compiles anything: it reads these then
         os.makedirs(a.cache, exist_ok=True)
         os.environ["TRITON_CACHE_DIR"] = a.cache
         os.environ.pop("TRITON_CACHE_MANAGER", None)  # write straight into it
@@ -32,19 +53,33 @@ def main(argv: list[str] | None = None) -> int:
 
     from . import compiled
 
-    if not torch.cuda.is_available():
-        why = compiled.load_error() or "triton imports"
-        print(f"warm: no GPU visible ({why}): no Triton kernel prebuilt; they compile at first use on each "
-              "GPU node (into TRITON_CACHE_DIR), after their self-check")
-        return 0
-    dev = torch.device("cuda", 0)
-    name, cap = torch.cuda.get_device_name(dev), torch.cuda.get_device_capability(dev)
-    result = compiled.check_device(dev)
-    print(f"warm: {name} (sm_{cap[0]}{cap[1]}): {result}; cache {a.cache or 'TRITON_CACHE_DIR'}")
-    print(f"warm: prebuilt for sm_{cap[0]}{cap[1]} only; other GPU architectures compile at first use")
-    failed = "self-check failed" in result or not result.startswith("triton kernels")
+    where = a.cache or "TRITON_CACHE_DIR"
+    if compiled.kernels() is None:
+        print(f"warm: the Triton kernels do not load ({compiled.load_error()}): nothing prebuilt; "
+              "the networks run on PyTorch ops")
+        return 1 if a.strict else 0
+    failed = False
+    for arch in archs:
+        t0 = time.perf_counter()
+        errors = compiled.prebuild([arch])[arch]
+        failed |= bool(errors)
+        print(f"warm: sm_{arch}: compiled without a GPU into {where} in {time.perf_counter() - t0:.0f} s"
+              + (f"; {len(errors)} failed: " + "; ".join(errors) if errors else ""))
+    if torch.cuda.is_available():
+        dev = torch.device("cuda", 0)
+        name, cap = torch.cuda.get_device_name(dev), torch.cuda.get_device_capability(dev)
+        result = compiled.check_device(dev)
+        failed |= "self-check failed" in result or not result.startswith("triton kernels")
+        print(f"warm: {name} (sm_{cap[0]}{cap[1]}): {result}; cache {where}")
+    else:
+        print("warm: no GPU visible: the self-checks run at first use on each GPU node"
+              + ("" if archs else "; no --archs: nothing compiled now"))
+    if archs:
+        print(f"warm: prebuilt for sm_{', sm_'.join(map(str, archs))}; other GPU architectures compile at "
+              "first use (into TRITON_CACHE_DIR)")
     if failed:
-        print("warm: WARNING: not every kernel passed its self-check; those run as PyTorch ops", file=sys.stderr)
+        print("warm: WARNING: not every kernel compiled or passed its self-check; those run as PyTorch ops",
+              file=sys.stderr)
     return 1 if failed and a.strict else 0
 
 
