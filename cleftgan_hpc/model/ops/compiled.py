@@ -72,6 +72,8 @@ def switched_off() -> str | None:
 def kernels() -> types.ModuleType | None:
     """The kernel module (imported once), or None when triton or the module does not import."""
     global _module, _load_error
+    if _module is not None:
+        return _module
     with _lock:
         if _module is None and _load_error is None:
             try:
@@ -181,7 +183,8 @@ def _fir(
         return out
     sign, clamped = codes
     dummy = out
-    _launch(mod._fir, (math.ceil(total / BLOCK),),
+    _launch(
+        mod._fir, (math.ceil(total / BLOCK),),
         x, fc, bias if bias is not None else dummy, out,
         sign if sign is not None else dummy, clamped if clamped is not None else dummy,
         total, c, h, w, out_hw[0], out_hw[1], pad0[0], pad0[1], pad0[0] % up[0], pad0[1] % up[1],
@@ -204,7 +207,8 @@ def _act(
     if total == 0:
         return out
     sign, clamped = codes
-    _launch(mod._act, (math.ceil(total / BLOCK),),
+    _launch(
+        mod._act, (math.ceil(total / BLOCK),),
         x, b if b is not None else out, out, sign if sign is not None else out,
         clamped if clamped is not None else out, total, x.shape[1], x.shape[2] * x.shape[3],
         float(slope), float(bound), float(gain),
