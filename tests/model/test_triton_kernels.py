@@ -116,7 +116,7 @@ def test_warm_without_a_gpu_or_architectures_prebuilds_nothing_and_says_so(
     out = capsys.readouterr().out
     assert "no GPU visible" in out and "nothing compiled now" in out, out
     assert os.environ["TRITON_CACHE_DIR"] == str(tmp_path / "prebuilt")
-    assert warm.parse_archs("8.0;sm_90, 86") == [80, 90, 86]
+    assert warm.parse_archs("8.0;sm_90, 86") == [80, 90, 86] and warm.parse_archs("none") == []
 
 
 def test_prebuild_compiles_for_a_gpu_architecture_without_a_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -129,12 +129,13 @@ def test_prebuild_compiles_for_a_gpu_architecture_without_a_gpu(tmp_path: Path, 
     monkeypatch.delenv("TRITON_CACHE_MANAGER", raising=False)
     cfg = dict(fu=torch.full([2], 0.5), fd=torch.full([2, 2], 0.25), up=2, down=2, padding=(1, 0, 1, 0),
                gain=2**0.5, slope=0.2, clamp=256.0, bias=False)  # the separable up, 2-D down passes, both epilogues
-    assert compiled.prebuild([90], [cfg], (torch.float16,)) == {90: []}
+    act = dict(cfg, fu=None, fd=None, up=1, down=1, padding=(0, 0, 0, 0))  # the elementwise kernel
+    assert compiled.prebuild([90], [cfg, act], (torch.float16,)) == {90: []}
     entries = sorted(p.name for p in (tmp_path / "cache").iterdir())
-    assert len(entries) >= 6, entries  # forward x/y passes (with and without codes), down, backward passes
+    assert len(entries) >= 9, entries  # forward x/y passes (with and without codes), down, backward; activation
     assert any(p.suffix == ".cubin" for p in (tmp_path / "cache").rglob("*")), "no GPU binary was written"
     t0 = time.perf_counter()
-    assert compiled.prebuild([90], [cfg], (torch.float16,)) == {90: []}
+    assert compiled.prebuild([90], [cfg, act], (torch.float16,)) == {90: []}
     assert time.perf_counter() - t0 < 2 and sorted(p.name for p in (tmp_path / "cache").iterdir()) == entries
     assert compiled.may_run_on(torch.device("cpu")) is False  # nothing left switched on
 

@@ -604,7 +604,8 @@ def prebuild(archs: list[int], configs: list[dict[str, Any]] | None = None,
                     try:
                         _compile_config(dtype, cfg)
                     except Exception as exc:  # noqa: BLE001 - one variant that does not compile is reported
-                        what = f"up {cfg['up']} down {cfg['down']} fd {tuple(cfg['fd'].shape)}"
+                        fd = cfg["fd"]
+                        what = f"up {cfg['up']} down {cfg['down']} fd {None if fd is None else tuple(fd.shape)}"
                         failures[arch].append(f"{str(dtype)[6:]} {what}: {type(exc).__name__}: {exc}"[:300])
     finally:
         _compile_only = False
@@ -616,7 +617,8 @@ def prebuild(archs: list[int], configs: list[dict[str, Any]] | None = None,
 
 def _compile_config(dtype: torch.dtype, cfg: dict[str, Any]) -> None:
     """Run the op's host code on small CPU tensors with compile-only launches (see prebuild)."""
-    fu, fd, up, down = cfg["fu"].cpu(), cfg["fd"].cpu(), cfg["up"], cfg["down"]
+    fu, fd, up, down = cfg["fu"], cfg["fd"], cfg["up"], cfg["down"]
+    fu, fd = (None if f is None else f.cpu() for f in (fu, fd))
     padding, gain, slope, clamp = cfg["padding"], cfg["gain"], cfg["slope"], cfg["clamp"]
     size = _small_size(fu, fd, up, down, padding)
     x = torch.zeros(1, 2, size, size, dtype=dtype)

@@ -27,8 +27,10 @@ import time
 
 
 def parse_archs(text: str) -> list[int]:
-    """ "80;90" or "8.0 9.0" or "sm_80,sm_90" -> [80, 90]."""
+    """ "80;90" or "8.0 9.0" or "sm_80,sm_90" -> [80, 90]; "" or "none" -> []."""
     out = []
+    if text.strip().lower() == "none":
+        return out
     for part in text.replace(",", ";").replace(" ", ";").split(";"):
         part = part.strip().lower().removeprefix("sm_").replace("+ptx", "")
         if part:
@@ -41,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", default=os.environ.get("CLEFTGAN_TRITON_PREBUILT"),
                     help="the cache directory to fill (default: $CLEFTGAN_TRITON_PREBUILT)")
     ap.add_argument("--archs", default=os.environ.get("CLEFTGAN_TRITON_ARCHS", "80;90"),
-                    help='GPU architectures to compile for without a GPU, e.g. "80;90" ("" for none)')
+                    help='GPU architectures to compile for without a GPU, e.g. "80;90" ("" or none: none)')
     ap.add_argument("--strict", action="store_true", help="exit 1 when a kernel fails to compile or its self-check")
     a = ap.parse_args(argv)
     archs = parse_archs(a.archs)
