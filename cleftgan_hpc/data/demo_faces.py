@@ -214,8 +214,9 @@ class DemoSummary:
     groups: tuple[int, int, int]  # how many none, incomplete, complete
 
 
-def make_demo_data(out_dir: str | Path, count: int, seed: int = 0, size: int = 256) -> DemoSummary:
+def make_demo_data(out_dir: str | Path, count: int, seed: int = 0, size: int = 256, clefts: bool = True) -> DemoSummary:
     """Draw ``count`` faces into ``out_dir``/images/, with landmarks.csv and labels.csv beside it.
+    ``clefts=False`` draws every face without a notch (normal faces, for a normal-face network).
 
     CSVs are written last (temp + rename), so a half-finished run is never mistaken for data.
     """
@@ -228,7 +229,7 @@ def make_demo_data(out_dir: str | Path, count: int, seed: int = 0, size: int = 2
     label_rows: list[list[str]] = []
     groups = [0, 0, 0]
     for i in range(count):
-        face = draw_face(face_rng(seed, i), size)
+        face = draw_face(face_rng(seed, i), size, None if clefts else 0.0)
         name = demo_file_name(i)
         tmp = images / f".{name}.tmp"
         tmp.write_bytes(encode_demo(i, face.image))

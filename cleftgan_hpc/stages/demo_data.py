@@ -19,7 +19,7 @@ from cleftgan_hpc.storage.base import join_key, sha256_file
 def run(cfg: DemoDataStage, ctx: StageContext) -> dict[str, str]:
     work = ctx.scratch / "demo_data"
     shutil.rmtree(work, ignore_errors=True)
-    summary = make_demo_data(work, cfg.count, cfg.seed, cfg.size)
+    summary = make_demo_data(work, cfg.count, cfg.seed, cfg.size, cfg.clefts)
     ctx.log.info(f"drew {summary.count} faces at {cfg.size}px (none/incomplete/complete: {summary.groups})")
 
     outputs = {name: ctx.key(file) for name, file in DemoDataStage.outputs.items()}

@@ -19,6 +19,7 @@ import io
 import json
 import re
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,7 @@ from cleftgan_hpc.errors import CleftGanError
 from cleftgan_hpc.jobspec.kinds.severity import SeverityStage
 
 ALIGNMENT_SAMPLE = 32  # images compared with the generator's mean face before any optimisation
+AGREEMENT = {"record": "agreement.json", "plot": "agreement.png"}  # with ratings: how the scores agree with them
 
 
 def run(cfg: SeverityStage, ctx: StageContext) -> dict[str, str]:
@@ -147,12 +149,17 @@ def _run(cfg: SeverityStage, ctx: StageContext) -> dict[str, str]:
     if len(keys) != len(table):
         raise CleftGanError(f"severity: {len(table)} scores for {len(keys)} images")
     outputs = write_outputs(cfg, ctx, source, index, table, keys)
+    agreement = None
+    if cfg.ratings is not None:
+        agreement = check_against_ratings(cfg, ctx, table[:, 0], keys)
+        outputs.update(agreement=ctx.key(AGREEMENT["record"]), agreement_plot=ctx.key(AGREEMENT["plot"]))  # files: in the record
     record = {
         "images": {"count": int(source.count), "source": _source_field(cfg), **source.identity},
         "index": index.describe(),
         "index_digest": index.digest,
         "cache": cache_state,
         "statistics": _statistics(table[:, 0]),
+        "agreement": agreement,
         "tasks": cfg.tasks,
         "files": {name: key.rsplit("/", 1)[-1] for name, key in outputs.items()},
         "seconds": round(time.monotonic() - t0, 1),
@@ -163,7 +170,39 @@ def _run(cfg: SeverityStage, ctx: StageContext) -> dict[str, str]:
         f"severity: {source.count} images scored: median {record['statistics']['median']:.4g}, "
         f"max {record['statistics']['max']:.4g}"
     )
-    return {name: ctx.key(filename) for name, filename in SeverityStage.outputs.items()}
+    extra = {name: ctx.key(AGREEMENT[part]) for name, part in (("agreement", "record"), ("agreement_plot", "plot"))}
+    return {name: ctx.key(filename) for name, filename in SeverityStage.outputs.items()} | (extra if agreement else {})
+
+
+def photo_to_image_names(report: Path) -> dict[str, str]:
+    """{photo name: dataset image name} from a preprocess report.json."""
+    try:
+        accepted = json.loads(report.read_text())["accepted"]
+        return {str(r["file"]): str(r["dataset_name"]) for r in accepted}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CleftGanError(f"severity: photo_names {report.name} is not a preprocess report ({e})") from None
+
+
+def check_against_ratings(cfg: SeverityStage, ctx: StageContext, scores: np.ndarray,
+                          keys: list[str]) -> dict[str, Any]:
+    """Correlations of the scores with the ratings CSV, saved as agreement.json and agreement.png."""
+    from cleftgan_hpc.severity.agreement import agreement, agreement_png, read_ratings
+
+    assert cfg.ratings is not None
+    ratings = read_ratings(ctx.fetch(cfg.ratings), cfg.rating_column)
+    if cfg.photo_names is not None:
+        to_image = photo_to_image_names(ctx.fetch(cfg.photo_names))
+        ratings = {to_image[name]: value for name, value in ratings.items() if name in to_image}
+    rated = [i for i, key in enumerate(keys) if key in ratings]
+    ctx.log.info(f"severity: {len(rated)} of {len(keys)} scored images have a rating")
+    x = np.array([ratings[keys[i]] for i in rated], dtype=np.float64)
+    y = scores[rated].astype(np.float64)
+    stats = {**agreement(y, x), "rating_column": cfg.rating_column}
+    ctx.store.put_json(ctx.key(AGREEMENT["record"]), stats)
+    ctx.store.put_bytes(ctx.key(AGREEMENT["plot"]), agreement_png(y, x, stats, cfg.rating_column))
+    ctx.log.info(f"severity vs {cfg.rating_column}: Spearman {stats['spearman']:.3f}, "
+                 f"Pearson {stats['pearson']:.3f} over {stats['pairs']} images")
+    return stats
 
 
 def _source_field(cfg: SeverityStage) -> dict[str, Any]:

@@ -319,3 +319,30 @@ def test_evaluate_dish_from_the_severity_index(tmp_path: Path, net16: Path, data
     scored_images.clear()  # and the severity stage on the same dataset, network and options reuses them too
     sev = severity.run(make_cfg(net16, dataset=str(data16), overlays=0, extremes=0), make_ctx(store, tmp_path, "s"))
     assert scored_images == [] and store.get_json(sev["record"])["cache"] == "hit"
+
+
+def test_ratings_give_the_agreement_by_photo_name(tmp_path: Path, net16: Path, data16: Path) -> None:
+    from cleftgan_hpc.stages.severity import run
+
+    store = LocalStore(tmp_path / "store")
+    ctx = make_ctx(store, tmp_path)
+    report = tmp_path / "report.json"  # as preprocess writes it: photo name -> dataset image name
+    report.write_text(json.dumps({"accepted": [{"file": f"photo{i}.png", "dataset_name": f"00000/img{i:08d}.png"}
+                                               for i in range(7)]}))
+    ratings = tmp_path / "labels.csv"
+    ratings.write_text("file,severity\n" + "".join(f"photo{i}.png,{i % 3}\n" for i in range(6)) + "other.png,1\n")
+    outputs = run(make_cfg(net16, dataset=str(data16), ratings=str(ratings), photo_names=str(report)), ctx)
+    stats = store.get_json(outputs["agreement"])
+    assert stats["pairs"] == 6  # photo6 has no rating; other.png is not in the dataset
+    rows = read_csv(store, outputs["scores"])
+    from cleftgan_hpc.severity.agreement import spearman
+
+    expected = spearman(np.array([float(r["score"]) for r in rows[:6]]), np.array([i % 3 for i in range(6)], float))
+    assert stats["spearman"] == pytest.approx(expected)
+    assert Image.open(io.BytesIO(store.get_bytes(outputs["agreement_plot"]))).format == "PNG"
+    assert store.get_json(outputs["record"])["agreement"]["pairs"] == 6
+
+
+def test_photo_names_need_ratings_and_a_dataset(net16: Path, data16: Path) -> None:
+    with pytest.raises(ValueError, match="photo_names .* needs ratings and dataset"):
+        make_cfg(net16, dataset=str(data16), photo_names="report.json")

@@ -179,11 +179,22 @@ class SeverityStage(StageBase):
     save_every_s: float = Field(
         120, gt=0, description="Seconds between saves of the scores a preempted task resumes from."
     )
+    ratings: Input | None = Field(
+        None, description="A CSV of ratings to check the index against (human ratings, as the paper's 125 faces; "
+        "the demo's drawn severities): a `file` column naming each image and a `rating_column` of numbers. Adds "
+        "agreement.json (Pearson and Spearman correlations) and agreement.png. Images are named as scores.csv "
+        "names them, or by the photos' own names with `photo_names`."
+    )
+    rating_column: str = Field("severity", min_length=1, max_length=200, description="The ratings' column.")
+    photo_names: Input | None = Field(
+        None, description="With ratings of a dataset: the preprocess stage's report (stage:NAME.report), which "
+        "maps the photos' names (the ones the ratings use) to the dataset's image names."
+    )
 
     # any: each task's saved scores carry a digest of the images, the range and the scorer, checked on resume
     reusable_changes: ClassVar[frozenset[str]] = frozenset({
         "normal_network", "dataset", "network", "count", "first_seed", "truncation_psi", "synthesized", "lpips",
-        "index", "tasks", "overlays", "extremes", "save_every_s",
+        "index", "tasks", "overlays", "extremes", "save_every_s", "ratings", "rating_column", "photo_names",
     })
     outputs: ClassVar[dict[str, str]] = {
         "scores": "scores.csv",  # one row per image: index, key, score, losses, heat-map peak
@@ -207,6 +218,9 @@ class SeverityStage(StageBase):
             raise ValueError("count, first_seed and truncation_psi go with network; drop them or score a network")
         if self.count is not None and self.first_seed + self.count - 1 > MAX_SEED:
             raise ValueError(f"the last seed {self.first_seed + self.count - 1} is beyond 2**32 - 1")
+        if self.photo_names is not None and (self.ratings is None or self.dataset is None):
+            raise ValueError("photo_names maps a dataset's photos to its images for ratings: it needs ratings and "
+                             "dataset")
         if self.count is not None and self.tasks > self.count:
             raise ValueError(f"tasks {self.tasks} is more than the {self.count} images: some tasks would have nothing")
         return self
