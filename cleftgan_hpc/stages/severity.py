@@ -152,7 +152,7 @@ def _run(cfg: SeverityStage, ctx: StageContext) -> dict[str, str]:
     agreement = None
     if cfg.ratings is not None:
         agreement = check_against_ratings(cfg, ctx, table[:, 0], keys)
-        outputs.update(agreement=ctx.key(AGREEMENT["record"]), agreement_plot=ctx.key(AGREEMENT["plot"]))  # files: in the record
+        outputs.update(agreement=ctx.key(AGREEMENT["record"]), agreement_plot=ctx.key(AGREEMENT["plot"]))
     record = {
         "images": {"count": int(source.count), "source": _source_field(cfg), **source.identity},
         "index": index.describe(),
