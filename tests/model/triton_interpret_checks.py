@@ -53,6 +53,7 @@ CASES = {
     "R-up2-down2-radial": (_filter(6), _filter(5, True, seed=1), 2, 2, (4, 3, 2, 5)),
     "R-up4-down2-radial": (_filter(8), design_lowpass_filter(6, 3.0, 4.0, 16.0, radial=True), 4, 2, (5, 4, 5, 4)),
     "up2-2d-up-filter": (_filter(4, True), _filter(4, seed=1), 2, 2, (2, 1, 1, 2)),
+    "up4-down2-cropped": (_filter(8, seed=3), _filter(4, seed=2), 4, 2, (-3, -4, -2, -5)),
     "up1-down2": (None, _filter(4), 1, 2, (0, 0, 0, 0)),
     "up1-down1-activation-only": (None, None, 1, 1, (0, 0, 0, 0)),
 }
