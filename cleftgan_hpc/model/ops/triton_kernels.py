@@ -10,15 +10,16 @@ of 8, so every byte of a packed code is written by one program):
   Optional epilogues: the activation (leaky ReLU, clamp, gain) writing the packed sign and clamp
   codes (the forward's up pass), or the activation's derivative read from those codes (the
   backward's transposed down pass).
-- ``_act``: the activation alone, elementwise (bias, leaky ReLU, clamp, gain, codes) and its
-  derivative: for layers with no upsampling filter.
+- ``_act``: the activation alone, elementwise (bias, leaky ReLU, clamp, gain, codes), for an
+  op with no upsampling, and its derivative, for one with no downsampling.
 
 The codes are those of ``lean.pack_bits``: bit i of byte k is value 8k + i of the flattened
 upsampled tensor; the sign code marks u <= 0, the clamp code |lrelu(u)| > bound. So a backward
 that needs a graph (double backward) can run ``lean.py``'s PyTorch backward on them.
 
 Arithmetic is float32 in registers whatever the storage dtype (float32, float16, bfloat16).
-Set TRITON_INTERPRET=1 before importing this module to run the kernels on CPU tensors (tests).
+With TRITON_INTERPRET=1 set before triton itself is imported (Triton decorates its own library
+functions then), the kernels run in Triton's interpreter on CPU tensors: the tests do that.
 """
 
 from __future__ import annotations
