@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Build the Dockerfile on the CPU base and run `cleftgan-hpc doctor`, a small Ray Tune run (the
-# image carries the `sweep` extra) and the demo inside it, with no network at run time. The build
+# Build the Dockerfile on the CPU base (with the Triton kernels compiled for sm_90, no GPU needed)
+# and run `cleftgan-hpc doctor`, a small Ray Tune run (the image carries the `sweep` extra) and the
+# demo inside it, with no network at run time; check that the image holds the prebuilt kernels. The build
 # is offline from exactly the wheels pinned in containers/constraints.txt, and every package in
 # the image must be one of those pins. Also lints the Dockerfile (hadolint) and parses the Apptainer
 # definition (spython). Root only (Debian 12): it installs docker.io and debootstrap, starts
