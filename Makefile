@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: venv demo test lint bench clean reference readme test-container
+.PHONY: venv demo demo-network test lint bench clean reference readme test-container
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -21,11 +21,15 @@ venv: $(VENV)/.installed
 demo: venv
 	$(BIN)/cleftgan-hpc run jobs/demo.yaml
 
+# The demo's normal-face network, models/demo-normal-64.safetensors (shipped; ~45 min on 2 CPU cores).
+demo-network: venv
+	$(BIN)/python tools/demo_network.py
+
 test: venv
 	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
 
 lint: venv
-	$(BIN)/ruff check cleftgan_hpc tests benchmarks
+	$(BIN)/ruff check cleftgan_hpc tests benchmarks tools
 
 bench: venv
 	$(BIN)/python benchmarks/bench_networks.py

@@ -116,10 +116,16 @@ class SeverityIndex:
             "normal_network_sha256": self.network_sha256,
             "normal_network": {"img_resolution": int(self.G.img_resolution), "img_channels": int(self.G.img_channels),
                                "num_ws": int(self.G.num_ws), "w_dim": int(self.G.w_dim)},
-            "lpips": self.lpips.digest if self.lpips is not None else None,
+            "lpips": self.lpips.digest if self.lpips is not None and self.uses_lpips else None,
             "options": self.options.model_dump(mode="json"),
             "erosion_radius": self.erosion_radius,
         }
+
+    @property
+    def uses_lpips(self) -> bool:
+        """Whether a loss weighs the LPIPS network in (with zero weights it changes nothing: the scores
+        are the same as without one, and so are the digest and the cache entry)."""
+        return self.project_loss.uses_lpips or (self.options.adaptation.steps > 0 and self.adapt_loss.uses_lpips)
 
     @property
     def digest(self) -> str:
