@@ -30,6 +30,8 @@ SECTIONS: dict[str, Callable[[StageView, Reader], Html]] = {
     "sweep": results.sweep,
     "synthesize": results.synthesize,
     "evaluate": results.evaluate,
+    "severity": results.severity,
+    "compare": results.compare,
 }
 
 

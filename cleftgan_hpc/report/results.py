@@ -158,3 +158,46 @@ def _provenance(m: dict[str, Any]) -> list[tuple[str, Any]]:
                              f"real {fmt(dish.get('real_mean'))}, generated {fmt(dish.get('fake_mean'))}"))
     rows.append(("took", f"{fmt(m.get('seconds'))} s" + (" (resumed)" if m.get("resumed") else "")))
     return rows
+
+
+def severity(v: StageView, r: Reader) -> Html:
+    out = []
+    record = r.json(v.output("record")) if v.settled else None
+    if record is not None:
+        stats = record.get("statistics") if isinstance(record.get("statistics"), dict) else {}
+        images = record.get("images") if isinstance(record.get("images"), dict) else {}
+        index = record.get("index") if isinstance(record.get("index"), dict) else {}
+        facts = [("images", images.get("count")), *[(k, fmt(stats.get(k))) for k in ("median", "mean", "min", "max")],
+                 ("normal network", tag("code", f"sha256 {str(index.get('normal_network_sha256'))[:16]}...")),
+                 ("real-set cache", record.get("cache") or "-"), ("took", f"{fmt(record.get('seconds'))} s")]
+        agreement = record.get("agreement") if isinstance(record.get("agreement"), dict) else None
+        if agreement is not None:
+            facts.append((f"agreement with {agreement.get('rating_column')}",
+                          f"Spearman {fmt(agreement.get('spearman'))}, Pearson {fmt(agreement.get('pearson'))} "
+                          f"over {agreement.get('pairs')} images"))
+        out.append(pairs(facts))
+    for name, caption in (("summary", "scores, score against reconstruction, the extremes' heat maps"),
+                          ("agreement_plot", "score against rating")):
+        key = v.output(name) if name != "agreement_plot" else v.key("agreement.png")
+        pic = r.picture(key) if v.settled and (name != "agreement_plot" or record and record.get("agreement")) else None
+        if pic is not None:
+            out.append(figure(pic, caption, v.href(key)))
+    if v.settled:
+        overlays = sorted(i.key for i in r.list(v.output("heatmaps") + "/") if not i.key.rsplit("/", 1)[-1]
+                          .startswith("sample"))
+        pics = [(k, p) for k, p in ((k, r.picture(k, 420)) for k in overlays[:8]) if p is not None]
+        if pics:
+            out.append(tag("h3", "Highest and lowest scores: face | normalised | heat map")
+                       + join(figure(p, k.rsplit("/", 1)[-1], v.href(k)) for k, p in pics))
+    return join(out)
+
+
+def compare(v: StageView, r: Reader) -> Html:
+    out = []
+    markdown = r.text(v.output("markdown")) if v.settled else None
+    if markdown is not None:
+        out.append(tag("pre", markdown))
+    pic = r.picture(v.output("figure")) if v.settled else None
+    if pic is not None:
+        out.append(figure(pic, "every metric by setting (the paper's figures marked)", v.href(v.output("figure"))))
+    return join(out)

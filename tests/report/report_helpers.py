@@ -65,6 +65,15 @@ stages:
     severity_model: demo
     ppl: {samples: 16}
     kid_subset_size: 16
+  severity:
+    kind: severity
+    normal_network: stage:train
+    dataset: stage:dataset
+    ratings: stage:faces.labels
+    photo_names: stage:dataset.report
+    index: {batch: 4, projection: {steps: 2, w_avg_samples: 50}, adaptation: {steps: 1}}
+    overlays: 2
+    extremes: 2
 """
 
 

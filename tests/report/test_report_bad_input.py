@@ -63,7 +63,8 @@ def test_a_spec_that_cannot_be_read(copy: Path, browser: Browser) -> None:
     assert out.returncode == 0, out.stderr
     page = load(browser, copy / "r.html")
     assert "spec.yaml) could not be read" in page.text
-    assert stage_states(page.text) == {s: "done" for s in ("dataset", "evaluate", "faces", "samples", "train")}
+    assert stage_states(page.text) == {s: "done" for s in ("dataset", "evaluate", "faces", "samples", "severity",
+                                                           "train")}
 
 
 def test_command_line_errors_are_one_line(copy: Path) -> None:

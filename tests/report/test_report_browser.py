@@ -18,17 +18,21 @@ pytestmark = pytest.mark.slow
 def test_report_at_the_end_of_a_run(demo_run: DemoRun, browser: Browser) -> None:
     assert f"the run's report: {demo_run.report.as_uri()}" in demo_run.output
     page = load(browser, demo_run.report)
-    assert stage_states(page.text) == {s: "done" for s in ("faces", "dataset", "train", "samples", "evaluate")}
+    assert stage_states(page.text) == {s: "done" for s in ("faces", "dataset", "train", "samples", "evaluate",
+                                                           "severity")}
     for part in ("16 toy faces drawn", "Contact sheet", "Rejected photos (0)", "Training curves",
                  "Sample grids over training (3 snapshots", "ADA: augmentation probability p", "Metrics",
                  "lowest kid", "TensorBoard", "2 event file(s)", "40 PNG", "2 (", "the first 16 images of shard-000000.tar",
-                 "Provenance", "severity histograms (DISH) and path lengths (PPL)", "100 subsets of 16"):
+                 "Provenance", "severity histograms (DISH) and path lengths (PPL)", "100 subsets of 16",
+                 "agreement with severity", "over 16 images", "Highest and lowest scores"):
         assert part in page.text, part
     # the grids over kimg, the contact sheet, the curves, the dataset's samples, evaluate's figure
     alts = [i["alt"] for i in page.images]
     assert sum("/samples/grid-" in a for a in alts) == 3
     assert any(a.endswith("contact_sheet.png") for a in alts) and any(a.endswith("curves.png") for a in alts)
     assert any(a.endswith("evaluate/report.png") for a in alts) and any("shard-000000.tar" in a for a in alts)
+    assert any(a.endswith("severity/summary.png") for a in alts) and any(a.endswith("agreement.png") for a in alts)
+    assert sum("/severity/heatmaps/" in a for a in alts) == 4  # the 2 highest and 2 lowest, not the samples
     # every link leads to something in the store beside the page (the logs among them)
     parser = Links()
     parser.feed(demo_run.report.read_text())

@@ -83,6 +83,8 @@ def test_exactly_one_image_source() -> None:
         SeverityStage.model_validate({"kind": "severity", "normal_network": "n.pkl", "dataset": "d.zip", "count": 3})
     cfg = SeverityStage.model_validate({"kind": "severity", "normal_network": "n.pkl", "dataset": "d.zip", "tasks": 4})
     assert cfg.array_tasks() == 4 and cfg.index.projection.steps == 300
+    # a run stores its spec with every field written out; that must load again
+    assert SeverityStage.model_validate(cfg.model_dump(mode="json")) == cfg
 
 
 def test_spec_errors_point_at_the_field(tmp_path: Path) -> None:

@@ -213,8 +213,8 @@ class SeverityStage(StageBase):
                              f"{', '.join(given) if given else 'none'}")
         if self.network is not None and self.count is None:
             raise ValueError("network needs count: how many seeds (first_seed ..) to score")
-        if self.network is None and ("count" in self.model_fields_set or "first_seed" in self.model_fields_set
-                                     or "truncation_psi" in self.model_fields_set):
+        # by value, not by which fields were written: a run's stored spec writes every field out
+        if self.network is None and (self.count is not None or self.first_seed != 0 or self.truncation_psi != 1.0):
             raise ValueError("count, first_seed and truncation_psi go with network; drop them or score a network")
         if self.count is not None and self.first_seed + self.count - 1 > MAX_SEED:
             raise ValueError(f"the last seed {self.first_seed + self.count - 1} is beyond 2**32 - 1")
