@@ -7,6 +7,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .upfirdn2d import peak_gain
+
 
 def clamp_for_autograd(x: torch.Tensor, bound: float) -> torch.Tensor:
     """x.clamp(-bound, bound) for a tensor autograd tracks, skipped when nothing exceeds the bound.
@@ -18,6 +20,18 @@ def clamp_for_autograd(x: torch.Tensor, bound: float) -> torch.Tensor:
     if x.device.type == "cpu" and bool(x.detach().abs().amax() <= bound):
         return x
     return x.clamp(-bound, bound)
+
+
+def clamp_is_idle(x: torch.Tensor, fu: torch.Tensor | None, up: int, slope: float, bound: float) -> bool:
+    """Whether clamping the activation of upsampled ``x`` at +-bound provably changes nothing,
+    read from x (up**2 times smaller than what the clamp would pass over): |upsampled| is at
+    most max|x| times the filter's peak gain, and the leaky ReLU scales by at most max(1, slope).
+    Then skipping the clamp is exact (values and gradients). CPU only: elsewhere the check
+    would wait for the device."""
+    if x.device.type != "cpu" or not x.is_floating_point():
+        return False
+    peak = float(x.detach().abs().amax()) * peak_gain(fu, up, up**2) * max(1.0, slope)
+    return peak * (1 + 1e-4) <= bound  # the margin covers the rounding of the filter sums (also false for NaN)
 
 
 def bias_act(

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from . import compiled
-from .bias_act import clamp_for_autograd
+from .bias_act import clamp_for_autograd, clamp_is_idle
 from .lean import LeanFilteredLReLU, lean_mode, use_lean
 from .upfirdn2d import Padding, upfirdn2d
 
@@ -47,6 +47,7 @@ def _filtered_lrelu_whole(
         return LeanFilteredLReLU.apply(x, b, fu, fd, up, down, padding, gain, slope, clamp)
     if b is not None:
         x = x + b.to(x.dtype).reshape(1, -1, 1, 1)
+    x_in = x
     owned = b is not None
     if fu is not None or up != 1 or any(padding):
         x = upfirdn2d(x, fu, up=up, padding=padding, gain=up**2)
@@ -55,7 +56,7 @@ def _filtered_lrelu_whole(
         # In place on a tensor this op created: leaky_relu_'s backward uses its result, which is fine.
         x = F.leaky_relu_(x, slope) if owned else F.leaky_relu(x, slope)
         owned = True
-    if clamp is not None and clamp >= 0:
+    if clamp is not None and clamp >= 0 and not clamp_is_idle(x_in, fu, up, slope, clamp / gain):
         bound = clamp / gain
         x = x.clamp_(-bound, bound) if owned and not _grad_needed(x) else clamp_for_autograd(x, bound)
     if fd is None and down == 1:
@@ -108,8 +109,11 @@ def filtered_lrelu(
         return torch.cat([_filtered_lrelu_whole(xc, *args, b, **kw) for xc in x.split(step)])
     group = max(CHANNEL_GROUP, CHUNK_BYTES // per_channel // CHANNEL_GROUP * CHANNEL_GROUP)
     bs = b.split(group) if b is not None else [None] * math.ceil(c / group)
+    # a channel slice of a channels_last tensor is in no layout the kernels take: each would copy it
+    fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
     rows = []
     for xs in x.split(1):
-        parts = [_filtered_lrelu_whole(xc, *args, bc, **kw) for xc, bc in zip(xs.split(group, dim=1), bs, strict=True)]
+        chunks = [xc.contiguous(memory_format=fmt) for xc in xs.split(group, dim=1)]
+        parts = [_filtered_lrelu_whole(xc, *args, bc, **kw) for xc, bc in zip(chunks, bs, strict=True)]
         rows.append(torch.cat(parts, dim=1))
     return torch.cat(rows)

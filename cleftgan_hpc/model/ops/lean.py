@@ -23,11 +23,12 @@ import contextlib
 import contextvars
 import math
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 
+from .bias_act import clamp_is_idle
 from .upfirdn2d import Padding, upfirdn2d, upfirdn2d_transpose
 
 LITTLE_ENDIAN = sys.byteorder == "little"
@@ -96,6 +97,53 @@ def unpack_bits(packed: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     return (spread.view(torch.uint8) != 0)[:n].reshape(shape)
 
 
+# The CPU's way to the same bytes: bool tensors are slow to write there (several times a float
+# pass), so a comparison writes float 0/1 and a matrix-vector product with the bit weights packs
+# each 8 into a byte; unpacking looks each byte's 8 factors up in a 256-row table (no bool, no
+# int64 pass). And both run in the tensor's memory order, so a channels_last tensor is never
+# transposed (its codes are then in NHWC order: ``ctx.codes_nhwc``).
+_BIT_WEIGHTS = [float(1 << i) for i in range(8)]
+_TABLES: dict[tuple, torch.Tensor] = {}
+
+
+def memory_order(t: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """t flattened in its memory order (a view), and whether that is channels_last's (NHWC)."""
+    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+        return t.permute(0, 2, 3, 1).reshape(-1), True
+    return t.reshape(-1), False
+
+
+def pack_compare(flat: torch.Tensor, compare: Callable[..., torch.Tensor], value: float) -> torch.Tensor:
+    """pack_bits(compare(flat, value)) for a flat float tensor, without a bool tensor."""
+    n = flat.numel()
+    m = (n + 7) // 8
+    buf = torch.empty(m * 8, dtype=torch.float32, device=flat.device)
+    compare(flat, value, out=buf[:n])
+    buf[n:].zero_()
+    return buf.view(m, 8).mv(torch.tensor(_BIT_WEIGHTS, device=flat.device)).to(torch.uint8)
+
+
+def code_factors(packed: torch.Tensor, n: int, if_set: float, if_clear: float, dtype: torch.dtype) -> torch.Tensor:
+    """The flat [n] tensor whose value i is ``if_set`` where bit i of the codes is set, else ``if_clear``."""
+    key = (if_set, if_clear, dtype, packed.device)
+    table = _TABLES.get(key)
+    if table is None:
+        bits = (torch.arange(256)[:, None] >> torch.arange(8)) & 1
+        table = torch.where(bits == 1, if_set, if_clear).to(dtype=dtype, device=packed.device)
+        _TABLES[key] = table
+    return F.embedding(packed.long(), table).view(-1)[:n]
+
+
+def _apply_codes(
+    g: torch.Tensor, packed: torch.Tensor, if_set: float, if_clear: float, nhwc: bool, inplace: bool
+) -> torch.Tensor:
+    """g times the factor each code bit picks (codes in NHWC order where ``nhwc``)."""
+    n, c, h, w = g.shape
+    f = code_factors(packed, g.numel(), if_set, if_clear, g.dtype)
+    f = f.view(n, h, w, c).permute(0, 3, 1, 2) if nhwc else f.view(g.shape)
+    return g.mul_(f) if inplace else g * f
+
+
 # -- filtered leaky ReLU ---------------------------------------------------------------------------
 
 
@@ -126,17 +174,22 @@ class LeanFilteredLReLU(torch.autograd.Function):
         y = x + b.to(x.dtype).reshape(1, -1, 1, 1) if b is not None else x
         u = _upsampled(y, fu, up, padding)
         owned = u is not x
+        cpu = u.device.type == "cpu" and u.dim() == 4
+        flat, nhwc = memory_order(u) if cpu else (u, False)
         # leaky ReLU's derivative is slope where u <= 0 (torch's convention at 0, kept exactly)
-        codes = [pack_bits(u <= 0)] if slope != 1 else []
+        codes = [] if slope == 1 else [pack_compare(flat, torch.le, 0.0) if cpu else pack_bits(u <= 0)]
         u = F.leaky_relu_(u, slope) if owned else F.leaky_relu(u, slope)
         clamped = False
         if clamp is not None and clamp >= 0:
             bound = clamp / gain
             # on the CPU one read tells whether the clamp changes anything (then no code is
             # needed); on a GPU that read would wait for the device, so the code is always kept
-            lo, hi = torch.aminmax(u) if u.device.type == "cpu" else (None, None)
-            if lo is None or lo < -bound or hi > bound:
-                codes.append(pack_bits(u.abs() > bound))  # clamp's derivative: 1 up to the bounds, 0 beyond
+            idle = clamp_is_idle(y, fu, up, slope, bound)  # read from the smaller tensor first
+            lo, hi = (u.amin(), u.amax()) if u.device.type == "cpu" and not idle else (None, None)
+            if not idle and (lo is None or lo < -bound or hi > bound):
+                # clamp's derivative: 1 up to the bounds, 0 beyond
+                bits = pack_compare(memory_order(u)[0].abs(), torch.gt, bound) if cpu else pack_bits(u.abs() > bound)
+                codes.append(bits)
                 u = u.clamp_(-bound, bound)
                 clamped = True
         out = upfirdn2d(u, fd, down=down, gain=gain) if fd is not None or down != 1 else u * gain
@@ -144,24 +197,26 @@ class LeanFilteredLReLU(torch.autograd.Function):
         ctx.has_slope, ctx.has_clamp = slope != 1, clamped
         ctx.u_shape, ctx.in_size, ctx.has_bias = u.shape, (x.shape[2], x.shape[3]), b is not None
         ctx.up, ctx.down, ctx.padding, ctx.gain, ctx.slope = up, down, padding, gain, slope
+        ctx.codes_nhwc = nhwc
         return out
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad_out: torch.Tensor):  # noqa: ANN205
         *codes, fu, fd = ctx.saved_tensors
+        if getattr(ctx, "codes_nhwc", False):  # e.g. a slice of a channel-chunked op's gradient: the
+            grad_out = grad_out.contiguous(memory_format=torch.channels_last)  # layout the codes are in
         if fd is not None or ctx.down != 1:
             g = upfirdn2d_transpose(grad_out, tuple(ctx.u_shape[2:]), fd, 1, ctx.down, gain=ctx.gain)
         else:
             g = grad_out * ctx.gain
         codes = list(codes)
-        if ctx.has_slope:  # the derivative of leaky ReLU: slope where u <= 0, else 1: g + (slope - 1) * g * m
-            negative = unpack_bits(codes.pop(0), ctx.u_shape).to(g.dtype)
-            if torch.is_grad_enabled():  # a double backward records this: no in-place
-                g = torch.addcmul(g, g, negative, value=ctx.slope - 1)
-            else:  # g is this function's own intermediate: one fused pass, in place
-                g = g.addcmul_(g, negative, value=ctx.slope - 1)
-        if ctx.has_clamp:
-            g = g.masked_fill(unpack_bits(codes.pop(0), ctx.u_shape), 0)
+        nhwc = getattr(ctx, "codes_nhwc", False)  # the compiled kernels' codes are in NCHW order
+        # g is this function's own intermediate: scaled in place, unless a double backward records this
+        inplace = not torch.is_grad_enabled()
+        if ctx.has_slope:  # the derivative of leaky ReLU: slope where u <= 0, else 1
+            g = _apply_codes(g, codes.pop(0), ctx.slope, 1.0, nhwc, inplace)
+        if ctx.has_clamp:  # the clamp's: 0 where it clamped
+            g = _apply_codes(g, codes.pop(0), 0.0, 1.0, nhwc, inplace)
         if fu is not None or ctx.up != 1 or any(ctx.padding):
             g = upfirdn2d_transpose(g, ctx.in_size, fu, ctx.up, 1, ctx.padding, gain=ctx.up**2)
         grad_b = g.sum([0, 2, 3]) if ctx.has_bias and ctx.needs_input_grad[1] else None

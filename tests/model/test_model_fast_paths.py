@@ -1,0 +1,94 @@
+"""The CPU speed paths keep the ops' results: cached filter kernels, the clamp skipped only where
+it provably changes nothing, the lean path's codes in memory order (channels_last)."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cleftgan_hpc.model.filters import design_lowpass_filter
+from cleftgan_hpc.model.ops import filtered_lrelu, lean_autograd, upfirdn2d
+from cleftgan_hpc.model.ops.bias_act import clamp_is_idle
+from cleftgan_hpc.model.ops.lean import code_factors, pack_bits, pack_compare
+
+flrelu_mod = importlib.import_module("cleftgan_hpc.model.ops.filtered_lrelu")
+
+
+def _lowpass(taps: int, radial: bool = False) -> torch.Tensor:
+    f = design_lowpass_filter(taps, cutoff=3.0, width=4.0, fs=16.0, radial=radial)
+    assert f is not None
+    return f
+
+
+def test_pack_compare_equals_pack_bits() -> None:
+    x = torch.randn(1155)  # not a multiple of 8
+    x[::7] = 0.0
+    x[3::11] = -0.0
+    for compare, value in ((torch.le, 0.0), (torch.gt, 0.5)):
+        want = pack_bits(compare(x, value))
+        assert torch.equal(pack_compare(x, compare, value), want)
+        factors = code_factors(want, x.numel(), 0.2, 1.0, torch.float32)
+        assert torch.equal(factors, torch.where(compare(x, value), 0.2, 1.0))
+
+
+def test_filter_cache_follows_in_place_changes() -> None:
+    f = _lowpass(12)
+    x = torch.randn(1, 3, 20, 20)
+    y1 = upfirdn2d(x, f, up=2, padding=(5, 5, 5, 5), gain=4)
+    with torch.no_grad():
+        f.mul_(2)  # a new version of the same tensor: its kernels are made again
+    y2 = upfirdn2d(x, f, up=2, padding=(5, 5, 5, 5), gain=4)
+    assert torch.allclose(y2, 4 * y1, rtol=1e-6, atol=1e-6)
+    g = f.clone().requires_grad_(True)  # a trainable filter is never cached: its gradient flows
+    upfirdn2d(x, g, down=2).sum().backward()
+    assert g.grad is not None and g.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("up,radial", [(1, False), (2, False), (4, False), (2, True)])
+def test_clamp_is_idle_is_sound(up: int, radial: bool) -> None:
+    """Where the check says the clamp is idle, no activation reaches the bound; with a bound
+    well above the largest activation it says so."""
+    torch.manual_seed(up)
+    fu = _lowpass(6 * up, radial) if up > 1 else None
+    for scale in (0.5, 5.0, 50.0):
+        x = torch.randn(2, 4, 10, 10) * scale
+        u = upfirdn2d(x, fu, up=up, padding=(3, 2, 3, 2), gain=up**2)
+        peak = F.leaky_relu(u, 0.2).abs().max().item()
+        assert not clamp_is_idle(x, fu, up, 0.2, peak * 0.999)
+        for bound in (peak * 1.01, peak * 3, peak * 100):
+            if clamp_is_idle(x, fu, up, 0.2, bound):
+                assert peak <= bound
+        assert clamp_is_idle(x, fu, up, 0.2, peak * 100)
+    assert not clamp_is_idle(torch.full((1, 1, 3, 3), float("nan")), fu, up, 0.2, 1e9)
+
+
+@pytest.mark.parametrize("clamp", [None, 256.0, 0.7])
+@pytest.mark.parametrize("chunked", [False, True])
+def test_lean_channels_last_equals_autograd(clamp: float | None, chunked: bool, monkeypatch) -> None:
+    """channels_last inputs (codes kept in NHWC order), whole and in channel chunks: the same
+    values as autograd over the composite ops, to the bit, and the same gradients."""
+    if chunked:
+        monkeypatch.setattr(flrelu_mod, "CHUNK_BYTES", 1)
+        monkeypatch.setattr(flrelu_mod, "CHANNEL_GROUP", 2)
+    fu, fd = _lowpass(12), _lowpass(12)
+    x = (torch.randn(2, 5, 13, 13) * 2).contiguous(memory_format=torch.channels_last)
+    b = torch.randn(5)
+    kw = dict(up=2, down=2, padding=(9, 8, 9, 8), gain=2**0.5, slope=0.2, clamp=clamp)
+
+    def run(lean: bool) -> tuple[torch.Tensor, ...]:
+        xs, bs = x.clone().requires_grad_(True), b.clone().requires_grad_(True)
+        with lean_autograd(lean):
+            y = filtered_lrelu(xs, fu, fd, bs, **kw)
+        w = torch.linspace(-1, 1, y.numel()).reshape(y.shape)
+        return (y, *torch.autograd.grad((y * w).sum(), [xs, bs]))
+
+    lean, composite = run(True), run(False)
+    if chunked:  # autograd's out-of-place clamp may hand a 2-channel chunk on in another layout: a rounding apart
+        assert torch.allclose(lean[0], composite[0], atol=1e-6, rtol=0)
+    else:
+        assert torch.equal(lean[0], composite[0])
+    for a, c in zip(lean[1:], composite[1:], strict=True):
+        assert torch.allclose(a, c, atol=1e-5, rtol=1e-5), (a - c).abs().max()
