@@ -114,7 +114,7 @@ def _modconv_prenormalised(
         if bias is None:
             return x * d if grad else x.mul_(d)
         b = bias.to(x.dtype).reshape(1, o, 1, 1)
-        return torch.addcmul(b, x, d) if grad else x.mul_(d).add_(b)
+        return torch.addcmul(b, x, d) if grad else torch.addcmul(b, x, d, out=x)  # one pass, in place
     if bias is not None:
         x = x + bias.to(x.dtype).reshape(1, o, 1, 1)
     return x
