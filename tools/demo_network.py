@@ -10,8 +10,9 @@ two CPU cores in about an hour, in three steps:
 2. **Warm start.** A GAN learns these faces from scratch only after ~100 kimg, days on two CPU
    cores. So the synthesis network first learns to *draw* them, as the decoder of a variational
    autoencoder (a small convolutional encoder, pixel losses and a KL term, w ~ N(0, I)): this
-   converges in a few thousand steps. The mapping network is then fitted to hand the synthesis
-   network w ~ N(0, I) for z ~ N(0, I), so sampling z draws (blurry) faces, not colour blobs.
+   converges in a few thousand steps. The latent of that autoencoder is z, through the mapping
+   network (trained with it), so sampling z ~ N(0, I), the autoencoder's prior, draws (blurry)
+   faces, not colour blobs.
 3. **GAN.** The finetune stage (cfg: stylegan2, the project's own training) trains it on the same
    faces against a discriminator, as any fine-tune does: jobs/demo-normal.yaml. Its network is
    copied to ``--out``.
@@ -49,7 +50,8 @@ RESOLUTION = 64
 DRAW_SIZE = 128  # drawn at 128 px, aligned down to 64 (as jobs/demo.yaml)
 BLUR_RADIUS = 2  # jobs/demo.yaml's preprocess: background blur, radius 2
 SEED = 1000
-ARCH = {"z_dim": 64, "w_dim": 64, "channel_base": 2048, "channel_max": 64, "mapping_layers": 8}
+ARCH = {"z_dim": 64, "w_dim": 64, "channel_base": 2048, "channel_max": 64, "mapping_layers": 2}  # 2 as StyleGAN3
+MAPPING_LR = 0.2  # Adam's lr of the mapping's stored weights: their 0.01 lr multiplier makes it 0.002 in effect
 
 
 def draw_normal_faces(count: int, seed: int) -> np.ndarray:
@@ -90,22 +92,22 @@ def reconstruction_loss(img: torch.Tensor, target: torch.Tensor) -> torch.Tensor
 
 
 def warm_start(faces: np.ndarray, steps: int, batch: int, kl_weight: float, seed: int) -> StyleGAN2Generator:
-    """G whose synthesis network decodes w ~ N(0, I) into the faces (a VAE), mapping fitted after."""
+    """G that decodes z ~ N(0, I) into the faces: the decoder of a VAE (mapping and synthesis)."""
     torch.manual_seed(seed)
     x_all = torch.from_numpy(faces).permute(0, 3, 1, 2).float() / 127.5 - 1
     G = StyleGAN2Generator(ARCH["z_dim"], 0, ARCH["w_dim"], RESOLUTION, 3,
                            mapping_kwargs={"num_layers": ARCH["mapping_layers"]},
                            channel_base=ARCH["channel_base"], channel_max=ARCH["channel_max"])
-    S, E = G.synthesis, Encoder(ARCH["w_dim"])
-    opt = torch.optim.Adam([{"params": S.parameters(), "lr": 0.002}, {"params": E.parameters(), "lr": 0.001}],
-                           betas=(0.5, 0.99))
+    S, E = G.synthesis, Encoder(ARCH["z_dim"])
+    opt = torch.optim.Adam([{"params": S.parameters(), "lr": 0.002}, {"params": E.parameters(), "lr": 0.001},
+                            {"params": G.mapping.parameters(), "lr": MAPPING_LR}], betas=(0.5, 0.99))
     pick = torch.Generator().manual_seed(seed)
     t0 = time.monotonic()
     for step in range(steps):
         x = x_all[torch.randint(0, len(x_all), (batch,), generator=pick)]
         mean, log_var = E(x)
-        w = mean + torch.randn(mean.shape, generator=pick) * (0.5 * log_var).exp()
-        img = S(w[:, None].expand(-1, S.num_ws, -1), noise_mode="const")
+        z = mean + torch.randn(mean.shape, generator=pick) * (0.5 * log_var).exp()
+        img = S(G.mapping(z, None), noise_mode="const")
         kl = (-0.5 * (1 + log_var - mean * mean - log_var.exp()).sum(dim=1)).mean()
         rec = reconstruction_loss(img, x)
         opt.zero_grad(set_to_none=True)
@@ -115,25 +117,9 @@ def warm_start(faces: np.ndarray, steps: int, batch: int, kl_weight: float, seed
             rate = (step + 1) / (time.monotonic() - t0)
             print(f"warm start: step {step + 1}/{steps} reconstruction {rec.item():.4f} KL {kl.item():.1f} "
                   f"({rate * batch:.0f} img/s, ETA {(steps - step - 1) / rate / 60:.1f} min)", flush=True)
-    fit_mapping(G, seed)
+    with torch.no_grad():  # the mean w: where truncation pulls to and where the severity index starts
+        G.mapping.w_avg.copy_(G.mapping(torch.randn([10_000, G.z_dim], generator=pick), None)[:, 0].mean(dim=0))
     return G.eval().requires_grad_(False)
-
-
-def fit_mapping(G: StyleGAN2Generator, seed: int, steps: int = 1500, batch: int = 256) -> None:
-    """Train G.mapping to hand on its (normalised) z: w ~ N(0, I), what the decoder learnt to draw."""
-    gen = torch.Generator().manual_seed(seed + 1)
-    opt = torch.optim.Adam(G.mapping.parameters(), lr=0.01)
-    for step in range(steps):
-        z = torch.randn([batch, G.z_dim], generator=gen)
-        target = z * (z.square().mean(dim=1, keepdim=True) + 1e-8).rsqrt()  # as the mapping normalises z
-        loss = (G.mapping(z, None)[:, 0] - target).square().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if step % 500 == 0 or step + 1 == steps:
-            print(f"mapping: step {step + 1}/{steps} error {loss.item():.4f}", flush=True)
-    with torch.no_grad():
-        G.mapping.w_avg.copy_(G.mapping(torch.randn([10_000, G.z_dim], generator=gen), None)[:, 0].mean(dim=0))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--count", type=int, default=5000, help="normal faces drawn")
     p.add_argument("--warm-steps", type=int, default=2500, help="autoencoder steps")
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--kl-weight", type=float, default=0.002)
+    p.add_argument("--kl-weight", type=float, default=0.0005)
     p.add_argument("--gan-kimg", type=float, default=4, help="kimg of GAN training after the warm start")
     a = p.parse_args(argv)
 
