@@ -92,3 +92,25 @@ def test_lean_channels_last_equals_autograd(clamp: float | None, chunked: bool, 
         assert torch.equal(lean[0], composite[0])
     for a, c in zip(lean[1:], composite[1:], strict=True):
         assert torch.allclose(a, c, atol=1e-5, rtol=1e-5), (a - c).abs().max()
+
+
+@pytest.mark.parametrize("taps,up,down,padding", [
+    (12, 2, 1, (9, 8, 9, 8)), (24, 4, 1, (-6, -9, -6, -9)), (12, 1, 2, (0, 0, 0, 0)), (12, 2, 2, (5, 5, 30, 30)),
+    (12, 1, 2, (3, -2, 1, 4)),
+])
+def test_banded_rows_equal_depthwise(taps: int, up: int, down: int, padding: tuple[int, int, int, int]) -> None:
+    """Filtering along H by banded matrix products (channels_last, no gradient) gives the
+    depthwise convolutions' result, within rounding; with autograd recording, the convolutions run."""
+    from cleftgan_hpc.model.ops.upfirdn2d import banded_fir
+
+    f = _lowpass(taps)
+    x = torch.randn(2, 5, 17, 15).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        banded = upfirdn2d(x, f, up=up, down=down, padding=padding, gain=up**2)
+        with banded_fir(False):
+            depthwise = upfirdn2d(x, f, up=up, down=down, padding=padding, gain=up**2)
+    assert banded.shape == depthwise.shape
+    assert torch.allclose(banded, depthwise, atol=1e-5, rtol=1e-5), (banded - depthwise).abs().max()
+    xs = x.clone().requires_grad_(True)
+    y = upfirdn2d(xs, f, up=up, down=down, padding=padding, gain=up**2)
+    assert y.grad_fn is not None and torch.allclose(y, depthwise, atol=1e-5, rtol=1e-5)

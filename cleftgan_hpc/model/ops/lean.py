@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from .bias_act import clamp_is_idle
-from .upfirdn2d import Padding, upfirdn2d, upfirdn2d_transpose
+from .upfirdn2d import Padding, banded_fir, upfirdn2d, upfirdn2d_transpose
 
 LITTLE_ENDIAN = sys.byteorder == "little"
 _enabled: contextvars.ContextVar[bool | None] = contextvars.ContextVar("cleftgan_lean_autograd", default=None)
@@ -170,6 +170,14 @@ class LeanFilteredLReLU(torch.autograd.Function):
         gain: float,
         slope: float,
         clamp: float | None,
+    ) -> torch.Tensor:
+        with banded_fir(False):  # the composite ops' kernels exactly: results equal to the bit
+            return LeanFilteredLReLU._forward(ctx, x, b, fu, fd, up, down, padding, gain, slope, clamp)
+
+    @staticmethod
+    def _forward(
+        ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, b: torch.Tensor | None, fu: torch.Tensor | None,
+        fd: torch.Tensor | None, up: int, down: int, padding: Padding, gain: float, slope: float, clamp: float | None,
     ) -> torch.Tensor:
         y = x + b.to(x.dtype).reshape(1, -1, 1, 1) if b is not None else x
         u = _upsampled(y, fu, up, padding)
