@@ -145,7 +145,7 @@ def _band_blocks(
         with banded_fir(False):  # the matrix: the depthwise path applied to the identity
             eye = torch.eye(length, dtype=torch.float32, device=f.device).reshape(length, 1, length, 1)
             m = fir_axis(eye, f, 2, up, down, pad0, pad1, flip_filter, scale)[:, 0, :, 0].t()  # [out, in]
-        rows = 16 if up > 1 else 8  # measured on an Intel Xeon (AVX-512)
+        rows = 32 if up > 1 else 16  # measured on an Intel Xeon (AVX-512): fewer, larger blocks cost less Python
         blocks = []
         for o0 in range(0, m.shape[0], rows):
             o1 = min(m.shape[0], o0 + rows)
@@ -170,12 +170,12 @@ def _fir_h_banded(
     rows_in = x.permute(0, 2, 3, 1).reshape(n, h, w * c)  # views: channels_last is [N, H, W, C] in memory
     out = torch.empty((n, out_h, w, c), dtype=x.dtype, device=x.device)
     rows_out = out.view(n, out_h, w * c)
-    for i in range(n):
+    for src, dst in zip(rows_in, rows_out, strict=True):
         for o0, o1, i0, i1, a in blocks:
             if a is None:
-                rows_out[i, o0:o1].zero_()
+                dst[o0:o1].zero_()
             else:
-                torch.mm(a, rows_in[i, i0:i1], out=rows_out[i, o0:o1])
+                torch.mm(a, src[i0:i1], out=dst[o0:o1])
     return out.permute(0, 3, 1, 2)
 
 
