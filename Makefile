@@ -21,7 +21,7 @@ venv: $(VENV)/.installed
 demo: venv
 	$(BIN)/cleftgan-hpc run jobs/demo.yaml
 
-# The demo's normal-face network, models/demo-normal-64.safetensors (shipped; ~45 min on 2 CPU cores).
+# A normal-face network of the demo faces, models/demo-normal-64.safetensors (docs/evaluation.md: work in progress).
 demo-network: venv
 	$(BIN)/python tools/demo_network.py
 

@@ -1,8 +1,9 @@
-"""Make the demo's normal-face network, models/demo-normal-64.safetensors (`make demo-network`).
+"""Make a normal-face network for the demo faces, models/demo-normal-64.safetensors (`make demo-network`).
 
 The paper's normal-face network is a StyleGAN trained on 70,000 normal faces (FFHQ) for days on
-GPUs. The demo's is a small StyleGAN2 (64x64) of toy faces drawn *without* a notch, made here on
-two CPU cores in about an hour, in three steps:
+GPUs. The demo's is a small StyleGAN2 (64x64) of toy faces drawn *without* a notch, made on CPU
+cores in three steps (work in progress: see docs/evaluation.md, "The demo's normal-face network",
+for what the current recipe reaches and what it does not yet):
 
 1. **Faces.** ``--count`` toy faces without a notch (seed 1000; the demo draws seed 0, so its
    faces are new to this network), aligned at 64 px as jobs/demo.yaml's preprocess does (FFHQ
@@ -14,8 +15,8 @@ two CPU cores in about an hour, in three steps:
    network (trained with it), so sampling z ~ N(0, I), the autoencoder's prior, draws (blurry)
    faces, not colour blobs.
 3. **GAN.** The finetune stage (cfg: stylegan2, the project's own training) trains it on the same
-   faces against a discriminator, as any fine-tune does: jobs/demo-normal.yaml. Its network is
-   copied to ``--out``.
+   faces against a discriminator, as any fine-tune does: jobs/demo-normal.yaml (``--gan-kimg``).
+   Its network is copied to ``--out``.
 
 The encoder is thrown away: the file holds G, D and G_ema like any network the fine-tune starts
 from. Every step is seeded; the same command on the same machine makes the same file (another
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, default=ROOT / "build" / "demo-normal")
     p.add_argument("--count", type=int, default=5000, help="normal faces drawn")
     p.add_argument("--warm-steps", type=int, default=2500, help="autoencoder steps")
-    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--batch", type=int, default=16)
     p.add_argument("--kl-weight", type=float, default=0.0005)
     p.add_argument("--gan-kimg", type=float, default=4, help="kimg of GAN training after the warm start")
     a = p.parse_args(argv)
