@@ -24,6 +24,7 @@ demo: venv
 # A normal-face network of the demo faces, models/demo-normal-64.safetensors (docs/evaluation.md: work in progress).
 demo-network: venv
 	$(BIN)/python tools/demo_network.py
+	$(BIN)/python tools/check_demo_network.py   # issue 12's targets: Spearman >= 0.8, lip-region peaks >= 90%
 
 test: venv
 	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)

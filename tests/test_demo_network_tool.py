@@ -31,3 +31,11 @@ def test_makes_a_network_the_demo_can_fine_tune_from(tmp_path: Path) -> None:
     # the GAN step trained on from the warm start: same architecture, other weights
     changed = [k for k, v in net.G.state_dict().items() if not torch.equal(v, warm.G.state_dict()[k])]
     assert changed
+    # the targets' check reads it and fails it: a network that saw 40 faces for 3 steps finds no notch
+    check = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "check_demo_network.py"), str(out), "--faces", "12", "--index",
+         '{"projection": {"steps": 3, "w_avg_samples": 100}, "adaptation": {"steps": 1}}'],
+        capture_output=True, text=True, timeout=300, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"},
+    )
+    assert check.returncode == 1, check.stdout + check.stderr
+    assert "Spearman with the drawn severity:" in check.stdout and "peaking in the lip region" in check.stdout

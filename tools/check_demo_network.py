@@ -1,0 +1,77 @@
+"""Check a normal-face network against issue 12's demo targets (`make demo-network` runs it last).
+
+Scores demo faces it has never seen (seed 5; the demo draws seed 0, the network learnt seed 1000)
+with the severity index as jobs/demo.yaml's severity stage would configure it (``--index``,
+JSON, else the defaults with the demo's step counts), and prints:
+
+- the Spearman correlation of the scores with the drawn severity (target >= 0.8);
+- the share of complete clefts whose heat-map peak lies in the lip region (target >= 90%), a
+  box from the aligned landmarks around the mouth and the philtrum up to the nostrils.
+
+Exit status 0 when both targets are met, 1 when not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cleftgan_hpc.data.align import align_face, standardise_background
+from cleftgan_hpc.data.demo_faces import draw_face, face_rng, severity_group
+from cleftgan_hpc.jobspec.kinds.severity import SeverityIndexOptions
+from cleftgan_hpc.severity.agreement import spearman
+from cleftgan_hpc.severity.scorer import SeverityIndex
+
+ROOT = Path(__file__).resolve().parents[1]
+RESOLUTION = 64
+DEMO_INDEX = {"projection": {"steps": 100, "w_avg_samples": 2000}, "adaptation": {"steps": 10}}
+SPEARMAN_TARGET, LIP_PEAK_TARGET = 0.8, 0.9
+
+
+def lip_box(lm: np.ndarray) -> tuple[float, float, float, float]:
+    """(left, top, right, bottom) in pixels from aligned landmarks (eyes, then mouth corners)."""
+    eye_y, mouth_y = lm[:2, 1].mean(), lm[2:, 1].mean()
+    d = mouth_y - eye_y
+    return lm[2, 0] - 0.1 * d, mouth_y - 0.5 * d, lm[3, 0] + 0.1 * d, mouth_y + 0.15 * d
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("network", type=Path, nargs="?", default=ROOT / "models" / "demo-normal-64.safetensors")
+    p.add_argument("--faces", type=int, default=36)
+    p.add_argument("--index", type=json.loads, default=DEMO_INDEX, help="the index's options as JSON")
+    a = p.parse_args(argv)
+
+    images, severity, boxes = [], [], []
+    for i in range(a.faces):
+        face = draw_face(face_rng(5, i), 128)
+        aligned, lm = align_face(face.image, face.landmarks, RESOLUTION)
+        images.append(np.asarray(standardise_background(aligned, lm, "blur", blur_radius=2)))
+        severity.append(face.severity)
+        boxes.append(lip_box(lm))
+    index = SeverityIndex.from_file(a.network, SeverityIndexOptions.model_validate(a.index), "cpu")
+    t0 = time.monotonic()
+    result = index.score(torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous())
+    seconds = time.monotonic() - t0
+    scores, drawn = np.asarray(result.scores), np.array(severity)
+    rho = spearman(scores, drawn)
+    inside = [x0 <= col * RESOLUTION <= x1 and y0 <= row * RESOLUTION <= y1
+              for s, (row, col), (x0, y0, x1, y1) in zip(drawn, np.asarray(result.peaks), boxes, strict=True)
+              if severity_group(s) == 2]
+    share = float(np.mean(inside)) if inside else 0.0
+    groups = np.array([severity_group(s) for s in drawn])
+    print(f"{a.faces} faces scored in {seconds:.0f} s; mean score by group (none, incomplete, complete): "
+          f"{', '.join(f'{scores[groups == g].mean():.4g}' for g in range(3))}")
+    print(f"Spearman with the drawn severity: {rho:.3f} (target >= {SPEARMAN_TARGET})")
+    print(f"complete clefts peaking in the lip region: {sum(inside)} of {len(inside)} ({share:.0%}; target >= "
+          f"{LIP_PEAK_TARGET:.0%})")
+    return 0 if rho >= SPEARMAN_TARGET and share >= LIP_PEAK_TARGET else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
