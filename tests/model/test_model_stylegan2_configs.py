@@ -1,8 +1,9 @@
-"""StyleGAN2 configurations beyond the fixture: against the reference implementation run from a
-checkout of NVlabs/stylegan3 (skipped, with the reason, where there is none), fast ops against
-plain ops, double backward (path-length regularisation), and the parameter arithmetic of limits.py.
+"""StyleGAN2 configurations beyond the fixture: against the reference implementation's weights and
+outputs (tests/fixtures/stylegan2/configs_reference.npz, made by running it here once), fast ops
+against plain ops, double backward (path-length regularisation), and the parameter arithmetic of
+limits.py.
 
-The reference runs in a child process (its top-level modules `training`, `torch_utils` and
+To make the shipped outputs again (CLEFTGAN_UPDATE_GOLDEN=1), the reference runs in a child process (its top-level modules `training`, `torch_utils` and
 `dnnlib` never enter this one) from the checkout named by CLEFTGAN_STYLEGAN3_REFERENCE, or from
 `../.mirror/NVlabs+stylegan3/{checkout,repo}` beside the repository (a bare git mirror is
 exported to a temporary directory first). Nothing of it is copied into the repository.
@@ -110,19 +111,26 @@ def _reference_checkout(tmp_dir: Path) -> Path | str:
     return f"no checkout of NVlabs/stylegan3: set {REFERENCE_ENV} or fetch it to {base}"
 
 
+SHIPPED = REPO / "tests" / "fixtures" / "stylegan2" / "configs_reference.npz"  # the reference's outputs, run here once
+
+
 @pytest.fixture(scope="module")
 def reference_outputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarray]:
-    tmp = tmp_path_factory.mktemp("stylegan3-reference")
-    checkout = _reference_checkout(tmp / "checkout")
-    if isinstance(checkout, str):
-        pytest.skip(checkout)
-    out = tmp / "outputs.npz"
-    env = {**os.environ, "PYTHONPATH": ""}
-    proc = subprocess.run([sys.executable, "-c", _CHILD, str(checkout), json.dumps(CONFIGS), str(out)],
-                          capture_output=True, text=True, timeout=600, cwd=tmp, env=env)  # fmt: skip
-    if proc.returncode != 0:
-        pytest.skip(f"the reference did not run from {checkout}: {proc.stderr.strip().splitlines()[-1:]}")
-    with np.load(out) as d:
+    """The reference's weights and outputs for CONFIGS, from the shipped file; with
+    CLEFTGAN_UPDATE_GOLDEN=1 they are made again by running the reference from a checkout."""
+    if os.environ.get("CLEFTGAN_UPDATE_GOLDEN") == "1":
+        tmp = tmp_path_factory.mktemp("stylegan3-reference")
+        checkout = _reference_checkout(tmp / "checkout")
+        if isinstance(checkout, str):
+            pytest.fail(f"regenerating {SHIPPED.name} needs the reference: {checkout}")
+        out = tmp / "outputs.npz"
+        env = {**os.environ, "PYTHONPATH": ""}
+        proc = subprocess.run([sys.executable, "-c", _CHILD, str(checkout), json.dumps(CONFIGS), str(out)],
+                              capture_output=True, text=True, timeout=600, cwd=tmp, env=env)  # fmt: skip
+        assert proc.returncode == 0, f"the reference did not run from {checkout}: {proc.stderr[-2000:]}"
+        with np.load(out) as d:
+            np.savez_compressed(SHIPPED, **{k: d[k] for k in d.files})
+    with np.load(SHIPPED, allow_pickle=False) as d:
         return {k: d[k] for k in d.files}
 
 
