@@ -176,12 +176,13 @@ def severity(v: StageView, r: Reader) -> Html:
                           f"Spearman {fmt(agreement.get('spearman'))}, Pearson {fmt(agreement.get('pearson'))} "
                           f"over {agreement.get('pairs')} images"))
         out.append(pairs(facts))
-    for name, caption in (("summary", "scores, score against reconstruction, the extremes' heat maps"),
-                          ("agreement_plot", "score against rating")):
-        key = v.output(name) if name != "agreement_plot" else v.key("agreement.png")
-        pic = r.picture(key) if v.settled and (name != "agreement_plot" or record and record.get("agreement")) else None
+    plots = [("summary", "scores, score against reconstruction, the extremes' heat maps")]
+    if record is not None and record.get("agreement"):  # only a stage given ratings draws it
+        plots.append(("agreement_plot", "score against rating"))
+    for name, caption in plots if v.settled else []:
+        pic = r.picture(v.output(name))
         if pic is not None:
-            out.append(figure(pic, caption, v.href(key)))
+            out.append(figure(pic, caption, v.href(v.output(name))))
     if v.settled:
         overlays = sorted(i.key for i in r.list(v.output("heatmaps") + "/") if not i.key.rsplit("/", 1)[-1]
                           .startswith("sample"))

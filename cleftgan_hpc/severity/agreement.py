@@ -22,22 +22,28 @@ MIN_PAIRS = 3  # fewer rated images say nothing about a correlation
 
 def read_ratings(path: Path, column: str, name_column: str = "file") -> dict[str, float]:
     """{image name: rating} from a CSV with a ``name_column`` and a ``column`` of numbers."""
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        fields = reader.fieldnames or []
-        for needed in (name_column, column):
-            if needed not in fields:
-                raise CleftGanError(f"{path.name}: no {needed!r} column (it has {', '.join(fields) or 'none'})")
-        ratings: dict[str, float] = {}
-        for line, row in enumerate(reader, start=2):
-            text = (row.get(column) or "").strip()
-            try:
-                value = float(text)
-            except ValueError:
-                raise CleftGanError(f"{path.name}:{line}: {column} {text[:40]!r} is not a number") from None
-            if not math.isfinite(value):
-                raise CleftGanError(f"{path.name}:{line}: {column} is {text!r}, not a finite number")
-            ratings[row[name_column]] = value
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            return _parse_ratings(csv.DictReader(f), path.name, column, name_column)
+    except UnicodeDecodeError:
+        raise CleftGanError(f"{path.name}: not a UTF-8 text file") from None
+
+
+def _parse_ratings(reader: csv.DictReader, name: str, column: str, name_column: str) -> dict[str, float]:
+    fields = reader.fieldnames or []
+    for needed in (name_column, column):
+        if needed not in fields:
+            raise CleftGanError(f"{name}: no {needed!r} column (it has {', '.join(fields) or 'none'})")
+    ratings: dict[str, float] = {}
+    for line, row in enumerate(reader, start=2):
+        text = (row.get(column) or "").strip()
+        try:
+            value = float(text)
+        except ValueError:
+            raise CleftGanError(f"{name}:{line}: {column} {text[:40]!r} is not a number") from None
+        if not math.isfinite(value):
+            raise CleftGanError(f"{name}:{line}: {column} is {text[:40]!r}, not a finite number")
+        ratings[row[name_column] or ""] = value
     return ratings
 
 
@@ -68,6 +74,8 @@ def agreement(scores: np.ndarray, ratings: np.ndarray) -> dict[str, object]:
     few of them (groups, e.g. none / incomplete / complete)."""
     if len(scores) < MIN_PAIRS:
         raise CleftGanError(f"only {len(scores)} scored images have a rating: at least {MIN_PAIRS} are needed")
+    if np.ptp(ratings) == 0:
+        raise CleftGanError(f"every rated image has the same rating ({ratings[0]:g}): nothing to correlate with")
     out: dict[str, object] = {
         "pairs": len(scores),
         "pearson": pearson(scores, ratings),

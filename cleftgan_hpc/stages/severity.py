@@ -149,10 +149,11 @@ def _run(cfg: SeverityStage, ctx: StageContext) -> dict[str, str]:
     if len(keys) != len(table):
         raise CleftGanError(f"severity: {len(table)} scores for {len(keys)} images")
     outputs = write_outputs(cfg, ctx, source, index, table, keys)
-    agreement = None
+    agreement, agreement_outputs = None, {}
     if cfg.ratings is not None:
         agreement = check_against_ratings(cfg, ctx, table[:, 0], keys)
-        outputs.update(agreement=ctx.key(AGREEMENT["record"]), agreement_plot=ctx.key(AGREEMENT["plot"]))
+        agreement_outputs = {"agreement": ctx.key(AGREEMENT["record"]), "agreement_plot": ctx.key(AGREEMENT["plot"])}
+        outputs.update(agreement_outputs)
     record = {
         "images": {"count": int(source.count), "source": _source_field(cfg), **source.identity},
         "index": index.describe(),
@@ -170,8 +171,7 @@ def _run(cfg: SeverityStage, ctx: StageContext) -> dict[str, str]:
         f"severity: {source.count} images scored: median {record['statistics']['median']:.4g}, "
         f"max {record['statistics']['max']:.4g}"
     )
-    extra = {name: ctx.key(AGREEMENT[part]) for name, part in (("agreement", "record"), ("agreement_plot", "plot"))}
-    return {name: ctx.key(filename) for name, filename in SeverityStage.outputs.items()} | (extra if agreement else {})
+    return {name: ctx.key(filename) for name, filename in SeverityStage.outputs.items()} | agreement_outputs
 
 
 def photo_to_image_names(report: Path) -> dict[str, str]:

@@ -43,3 +43,12 @@ def test_ratings_csv_errors_name_the_row(tmp_path: Path) -> None:
         read_ratings(path, "severity")
     path.write_text("file,severity\na.png,0.5\nb.png,1\n")
     assert read_ratings(path, "severity") == {"a.png": 0.5, "b.png": 1.0}
+
+
+def test_equal_ratings_and_undecodable_files_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(CleftGanError, match=r"same rating \(1\): nothing to correlate"):
+        agreement(np.array([0.1, 0.2, 0.3]), np.array([1.0, 1.0, 1.0]))
+    path = tmp_path / "labels.csv"
+    path.write_bytes(b"file,severity\n\xff\xfe,1\n")
+    with pytest.raises(CleftGanError, match="not a UTF-8 text file"):
+        read_ratings(path, "severity")
