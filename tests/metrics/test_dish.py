@@ -274,7 +274,7 @@ def _ranks(a: np.ndarray) -> np.ndarray:
 
 
 def _demo_aligned(count: int, seed: int, resolution: int) -> tuple[torch.Tensor, np.ndarray]:
-    """Demo faces through the preprocess stage's alignment, as jobs/demo.yaml configures it."""
+    """Demo faces through the preprocess stage's alignment and background blur (radius scaled to the size)."""
     images, severities = [], []
     for i in range(count):
         face = draw_face(face_rng(seed, i), 256)
