@@ -188,7 +188,7 @@ def severity(v: StageView, r: Reader) -> Html:
                           .startswith("sample"))
         pics = [(k, p) for k, p in ((k, r.picture(k, 420)) for k in overlays[:8]) if p is not None]
         if pics:
-            out.append(tag("h3", "Highest and lowest scores: face | normalised | heat map")
+            out.append(tag("h3", "Highest and lowest scores: face | normalised | heat map | over the face")
                        + join(figure(p, k.rsplit("/", 1)[-1], v.href(k)) for k, p in pics))
     return join(out)
 

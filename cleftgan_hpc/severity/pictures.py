@@ -36,8 +36,10 @@ def overlay(image: np.ndarray, heat: np.ndarray, vmax: float) -> np.ndarray:
 
 
 def overlay_png(image: np.ndarray, normalised: np.ndarray, heat: np.ndarray, vmax: float, title: str) -> bytes:
-    """Three panels side by side (face | normalised | heat map over the face) under a title line."""
-    panels = np.concatenate([_rgb(image), _rgb(normalised), overlay(image, heat, vmax)], axis=1)
+    """Four panels side by side (face | normalised | heat map | heat map over the face) under a title
+    line; the heat map alone shows where a faint difference lies, the overlay what it lies on."""
+    heat_only = _colormap(np.clip(heat / max(vmax, 1e-12), 0, 1))
+    panels = np.concatenate([_rgb(image), _rgb(normalised), heat_only, overlay(image, heat, vmax)], axis=1)
     h, w = panels.shape[:2]
     scale = max(1, math.ceil(MIN_PANEL / h))
     pic = Image.fromarray(panels).resize((w * scale, h * scale), Image.Resampling.NEAREST)
