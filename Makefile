@@ -21,7 +21,7 @@ venv: $(VENV)/.installed
 demo: venv
 	$(BIN)/cleftgan-hpc run jobs/demo.yaml
 
-# A normal-face network of the demo faces, models/demo-normal-64.safetensors (docs/evaluation.md: work in progress).
+# The demo's normal-face network, models/demo-normal-64.safetensors, made again (about an hour on 2 cores; docs/evaluation.md).
 demo-network: venv
 	$(BIN)/python tools/demo_network.py
 	$(BIN)/python tools/check_demo_network.py   # issue 12's targets: Spearman >= 0.8, lip-region peaks >= 90%
