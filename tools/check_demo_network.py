@@ -15,16 +15,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
+from pydantic import ValidationError
 
 from cleftgan_hpc.data.align import align_face, standardise_background
 from cleftgan_hpc.data.demo_faces import draw_face, face_rng, severity_group
+from cleftgan_hpc.errors import CleftGanError
 from cleftgan_hpc.jobspec.kinds.severity import SeverityIndexOptions
+from cleftgan_hpc.jobspec.load import load_spec
 from cleftgan_hpc.severity.agreement import spearman
 from cleftgan_hpc.severity.scorer import SeverityIndex
 
@@ -41,9 +44,10 @@ def lip_box(lm: np.ndarray) -> tuple[float, float, float, float]:
     return lm[2, 0] - 0.1 * d, mouth_y - 0.5 * d, lm[3, 0] + 0.1 * d, mouth_y + 0.15 * d
 
 
-def demo_index_options() -> dict:
-    """The ``index:`` options of jobs/demo.yaml's severity stage: the check scores as the demo does."""
-    return yaml.safe_load(DEMO_JOB.read_text())["stages"]["severity"]["index"]
+def demo_index_options() -> SeverityIndexOptions:
+    """The ``index:`` options of jobs/demo.yaml's severity stage, as the spec loader validates them:
+    the check scores as the demo does."""
+    return load_spec(DEMO_JOB).spec.stages["severity"].index
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,7 +57,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--index", type=json.loads, default=None, help="the index's options as JSON "
                    "(default: those of jobs/demo.yaml's severity stage)")
     a = p.parse_args(argv)
-    options = a.index if a.index is not None else demo_index_options()
+    try:
+        options = SeverityIndexOptions.model_validate(a.index) if a.index is not None else demo_index_options()
+        index = SeverityIndex.from_file(a.network, options, "cpu")
+    except (CleftGanError, ValidationError) as exc:
+        print(f"check_demo_network: {exc}", file=sys.stderr)
+        return 2
 
     images, severity, boxes = [], [], []
     for i in range(a.faces):
@@ -62,7 +71,6 @@ def main(argv: list[str] | None = None) -> int:
         images.append(np.asarray(standardise_background(aligned, lm, "blur", blur_radius=2)))
         severity.append(face.severity)
         boxes.append(lip_box(lm))
-    index = SeverityIndex.from_file(a.network, SeverityIndexOptions.model_validate(options), "cpu")
     t0 = time.monotonic()
     result = index.score(torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous())
     seconds = time.monotonic() - t0

@@ -99,11 +99,12 @@ def reconstruction_loss(img: torch.Tensor, target: torch.Tensor, edge_weight: fl
     edge strength: the eyes, brows and lips are a few percent of the pixels, and an unweighted
     loss learns them last; they are what the severity index must redraw sharply."""
     d = img - target
+    target_grads = image_gradients(target)
     if edge_weight:
-        gy, gx = image_gradients(target)
+        gy, gx = target_grads
         edges = F.pad(gy.abs().sum(1, keepdim=True), (0, 0, 0, 1)) + F.pad(gx.abs().sum(1, keepdim=True), (0, 1))
         d = d * (1 + edge_weight * F.max_pool2d(edges, 3, 1, 1))
-    grad_l1 = sum((a - b).abs().mean() for a, b in zip(image_gradients(img), image_gradients(target), strict=True))
+    grad_l1 = sum((a - b).abs().mean() for a, b in zip(image_gradients(img), target_grads, strict=True))
     return d.abs().mean() + (d * d).mean() + grad_l1
 
 

@@ -21,8 +21,11 @@ def test_shipped_normal_network_meets_the_demo_targets() -> None:
         capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "2"},
     )
     out = run.stdout + run.stderr
-    rho = float(re.search(r"Spearman with the drawn severity: (-?[\d.]+)", out).group(1))
-    inside, total = map(int, re.search(r"complete clefts peaking in the lip region: (\d+) of (\d+)", out).groups())
+    rho_line = re.search(r"Spearman with the drawn severity: (-?[\d.]+)", out)
+    peak_line = re.search(r"complete clefts peaking in the lip region: (\d+) of (\d+)", out)
+    assert rho_line and peak_line, out
+    rho = float(rho_line.group(1))
+    inside, total = map(int, peak_line.groups())
     assert total >= 10, out  # enough complete clefts among the 36 faces for the share to mean something
     assert rho >= 0.8, out
     assert inside / total >= 0.9, out
