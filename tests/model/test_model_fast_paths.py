@@ -12,9 +12,10 @@ import torch.nn.functional as F
 from cleftgan_hpc.model.filters import design_lowpass_filter
 from cleftgan_hpc.model.ops import filtered_lrelu, lean_autograd, upfirdn2d
 from cleftgan_hpc.model.ops.bias_act import clamp_is_idle
-from cleftgan_hpc.model.ops.lean import code_factors, pack_bits, pack_compare
+from cleftgan_hpc.model.ops.lean import _apply_codes, apply_codes_all, code_factors, pack_bits, pack_compare
 
 flrelu_mod = importlib.import_module("cleftgan_hpc.model.ops.filtered_lrelu")
+lean_mod = importlib.import_module("cleftgan_hpc.model.ops.lean")
 
 
 def _lowpass(taps: int, radial: bool = False) -> torch.Tensor:
@@ -23,15 +24,47 @@ def _lowpass(taps: int, radial: bool = False) -> torch.Tensor:
     return f
 
 
-def test_pack_compare_equals_pack_bits() -> None:
-    x = torch.randn(1155)  # not a multiple of 8
-    x[::7] = 0.0
-    x[3::11] = -0.0
-    for compare, value in ((torch.le, 0.0), (torch.gt, 0.5)):
-        want = pack_bits(compare(x, value))
-        assert torch.equal(pack_compare(x, compare, value), want)
-        factors = code_factors(want, x.numel(), 0.2, 1.0, torch.float32)
-        assert torch.equal(factors, torch.where(compare(x, value), 0.2, 1.0))
+@pytest.mark.parametrize("chunk,threads", [(1 << 18, 1), (64, 1), (64, 3)])
+def test_pack_compare_equals_pack_bits(chunk: int, threads: int, monkeypatch) -> None:
+    """Whole, in chunks ending mid-tensor, and split over threads (parts of whole chunks)."""
+    monkeypatch.setattr(lean_mod, "CODE_CHUNK", chunk)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        x = torch.randn(1155)  # not a multiple of 8
+        x[::7] = 0.0
+        x[3::11] = -0.0
+        for compare, value in ((torch.le, 0.0), (torch.gt, 0.5)):
+            want = pack_bits(compare(x, value))
+            assert torch.equal(pack_compare(x, compare, value), want)
+            factors = code_factors(want, x.numel(), 0.2, 1.0, torch.float32)
+            assert torch.equal(factors, torch.where(compare(x, value), 0.2, 1.0))
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("nhwc", [False, True])
+def test_codes_applied_in_chunks_equal_whole(nhwc: bool, monkeypatch) -> None:
+    """Codes applied in place chunk by chunk (the CPU's backward) give the whole-tensor product, to
+    the bit: chunks that end mid-tensor, a last chunk shorter than the rest, both codes of a clamp,
+    channels_last gradients (codes in NHWC order); a gradient in another memory order is not chunked."""
+    monkeypatch.setattr(lean_mod, "CODE_CHUNK", 24)
+    g = torch.randn(2, 3, 7, 5)  # 210 values: not a multiple of 8 or of the chunk
+    g = g.contiguous(memory_format=torch.channels_last) if nhwc else g
+    u = torch.randn(g.shape)
+    order = u.permute(0, 2, 3, 1).reshape(-1) if nhwc else u.reshape(-1)
+    factors = [(pack_bits(order <= 0), 0.2, 1.0), (pack_bits(order.abs() > 1.0), 0.0, 1.0)]
+    want = g.clone()
+    for packed, if_set, if_clear in factors:
+        want = _apply_codes(want, packed, if_set, if_clear, nhwc, inplace=False)
+    assert torch.equal(want, g * torch.where(u <= 0, 0.2, 1.0) * torch.where(u.abs() > 1.0, 0.0, 1.0))
+    calls = []
+    monkeypatch.setattr(lean_mod, "code_factors", lambda p, n, *a: calls.append(n) or code_factors(p, n, *a))
+    chunked = g.clone(memory_format=torch.preserve_format)
+    assert apply_codes_all(chunked, factors, nhwc, inplace=True) is chunked and torch.equal(chunked, want)
+    assert calls == [24, 24] * 8 + [18, 18]  # 8 whole chunks and a short one, each with both codes
+    other = g.contiguous() if nhwc else g.contiguous(memory_format=torch.channels_last)
+    assert torch.equal(apply_codes_all(other.clone(memory_format=torch.preserve_format), factors, nhwc, True), want)
 
 
 def test_filter_cache_follows_in_place_changes() -> None:
@@ -73,6 +106,7 @@ def test_lean_channels_last_equals_autograd(clamp: float | None, chunked: bool, 
     if chunked:
         monkeypatch.setattr(flrelu_mod, "CHUNK_BYTES", 1)
         monkeypatch.setattr(flrelu_mod, "CHANNEL_GROUP", 2)
+        monkeypatch.setattr(lean_mod, "CODE_CHUNK", 64)  # and the codes applied in chunks of 64 values
     fu, fd = _lowpass(12), _lowpass(12)
     x = (torch.randn(2, 5, 13, 13) * 2).contiguous(memory_format=torch.channels_last)
     b = torch.randn(5)

@@ -22,8 +22,10 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import math
+import os
 import sys
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -111,6 +113,14 @@ _NUMPY_COMPARE: dict[Callable[..., torch.Tensor], Callable[..., np.ndarray]] = {
 _TABLES: dict[tuple, torch.Tensor] = {}
 
 
+CODE_CHUNK = 1 << 18
+"""Values per chunk when the CPU packs codes or applies them in place: a chunk's intermediates
+(its 0/1 bytes, its float factors) are written and read back while still in cache, not as
+tensors as large as the activations going to memory and back. On an Intel Xeon here, for 32M
+values: applying 17 ms instead of 63 ms (autograd's leaky ReLU backward: 44 ms), packing 12 ms
+instead of 16 ms. A multiple of 8 (whole code bytes)."""
+
+
 def memory_order(t: torch.Tensor) -> tuple[torch.Tensor, bool]:
     """t flattened in its memory order (a view), and whether that is channels_last's (NHWC)."""
     if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
@@ -118,12 +128,44 @@ def memory_order(t: torch.Tensor) -> tuple[torch.Tensor, bool]:
     return t.reshape(-1), False
 
 
+_POOL: tuple[int, int, ThreadPoolExecutor] | None = None
+
+
+def _pack_pool() -> ThreadPoolExecutor:
+    """Threads for packing codes, as many as torch's intra-op threads (made again after a fork or a
+    change of that number: a pool's threads do not survive into a forked child)."""
+    global _POOL
+    key = (os.getpid(), torch.get_num_threads())
+    if _POOL is None or _POOL[:2] != key:
+        if _POOL is not None and _POOL[0] == key[0]:
+            _POOL[2].shutdown(wait=False)
+        _POOL = (*key, ThreadPoolExecutor(key[1], thread_name_prefix="lean-codes"))
+    return _POOL[2]
+
+
 def pack_compare(flat: torch.Tensor, compare: Callable[..., torch.Tensor], value: float) -> torch.Tensor:
     """pack_bits(compare(flat, value)) for a flat float tensor, without a bool tensor (float32 and
     float64 through numpy's comparison and packbits: 3x faster than the float 0/1 and product)."""
     np_compare = _NUMPY_COMPARE.get(compare)
     if np_compare is not None and flat.device.type == "cpu" and flat.dtype in (torch.float32, torch.float64):
-        return torch.from_numpy(np.packbits(np_compare(flat.detach().numpy(), value), bitorder="little"))
+        values = flat.detach().numpy()
+        packed = np.empty((values.size + 7) // 8, np.uint8)
+
+        def pack_range(lo: int, hi: int) -> None:  # whole chunks, so each part writes whole code bytes
+            bits = np.empty(min(hi - lo, CODE_CHUNK), np.bool_)
+            for start in range(lo, hi, CODE_CHUNK):
+                part = values[start : min(start + CODE_CHUNK, hi)]
+                np_compare(part, value, out=bits[: part.size])
+                packed[start // 8 : (start + part.size + 7) // 8] = np.packbits(bits[: part.size], bitorder="little")
+
+        chunks = -(-values.size // CODE_CHUNK)
+        parts = min(torch.get_num_threads(), chunks)
+        if parts > 1:  # numpy's comparison and packbits run without the GIL: one part per torch thread
+            bounds = [values.size * k // parts // CODE_CHUNK * CODE_CHUNK for k in range(parts)] + [values.size]
+            list(_pack_pool().map(lambda k: pack_range(bounds[k], bounds[k + 1]), range(parts)))
+        else:
+            pack_range(0, values.size)
+        return torch.from_numpy(packed)
     n = flat.numel()
     m = (n + 7) // 8
     buf = torch.empty(m * 8, dtype=torch.float32, device=flat.device)
@@ -151,6 +193,32 @@ def _apply_codes(
     f = code_factors(packed, g.numel(), if_set, if_clear, g.dtype)
     f = f.view(n, h, w, c).permute(0, 3, 1, 2) if nhwc else f.view(g.shape)
     return g.mul_(f) if inplace else g * f
+
+
+
+def _flat_in_code_order(g: torch.Tensor, nhwc: bool) -> torch.Tensor | None:
+    """g as a flat view in the order its codes were packed, or None when its memory is in another order."""
+    if nhwc:
+        return g.permute(0, 2, 3, 1).view(-1) if g.is_contiguous(memory_format=torch.channels_last) else None
+    return g.view(-1) if g.is_contiguous() else None
+
+
+def apply_codes_all(
+    g: torch.Tensor, factors: list[tuple[torch.Tensor, float, float]], nhwc: bool, inplace: bool
+) -> torch.Tensor:
+    """g times the factors of every (codes, if_set, if_clear) in ``factors``: on the CPU, in place and
+    in cache-sized chunks where g's memory order is the codes'; else one whole tensor at a time."""
+    flat = _flat_in_code_order(g, nhwc) if inplace and g.device.type == "cpu" and factors else None
+    if flat is None:
+        for packed, if_set, if_clear in factors:
+            g = _apply_codes(g, packed, if_set, if_clear, nhwc, inplace)
+        return g
+    for start in range(0, flat.numel(), CODE_CHUNK):
+        seg = flat[start : start + CODE_CHUNK]
+        codes = slice(start // 8, (start + seg.numel() + 7) // 8)
+        for packed, if_set, if_clear in factors:
+            seg.mul_(code_factors(packed[codes], seg.numel(), if_set, if_clear, g.dtype))
+    return g
 
 
 # -- filtered leaky ReLU ---------------------------------------------------------------------------
@@ -230,10 +298,12 @@ class LeanFilteredLReLU(torch.autograd.Function):
         nhwc = getattr(ctx, "codes_nhwc", False)  # the compiled kernels' codes are in NCHW order
         # g is this function's own intermediate: scaled in place, unless a double backward records this
         inplace = not torch.is_grad_enabled()
+        factors = []
         if ctx.has_slope:  # the derivative of leaky ReLU: slope where u <= 0, else 1
-            g = _apply_codes(g, codes.pop(0), ctx.slope, 1.0, nhwc, inplace)
+            factors.append((codes.pop(0), ctx.slope, 1.0))
         if ctx.has_clamp:  # the clamp's: 0 where it clamped
-            g = _apply_codes(g, codes.pop(0), 0.0, 1.0, nhwc, inplace)
+            factors.append((codes.pop(0), 0.0, 1.0))
+        g = apply_codes_all(g, factors, nhwc, inplace)
         if fu is not None or ctx.up != 1 or any(ctx.padding):
             g = upfirdn2d_transpose(g, ctx.in_size, fu, ctx.up, 1, ctx.padding, gain=ctx.up**2)
         grad_b = g.sum([0, 2, 3]) if ctx.has_bias and ctx.needs_input_grad[1] else None
