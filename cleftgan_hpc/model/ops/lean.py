@@ -195,7 +195,6 @@ def _apply_codes(
     return g.mul_(f) if inplace else g * f
 
 
-
 def _flat_in_code_order(g: torch.Tensor, nhwc: bool) -> torch.Tensor | None:
     """g as a flat view in the order its codes were packed, or None when its memory is in another order."""
     if nhwc:
