@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import ops
+from .batch_parts import run_in_parts
 from .filters import design_lowpass_filter
 from .layers import FullyConnectedLayer
 
@@ -286,14 +287,13 @@ class SynthesisNetwork(nn.Module):
         if ws.ndim != 3 or ws.shape[1] != self.num_ws or ws.shape[2] != self.w_dim:
             raise ValueError(f"ws must be [N, {self.num_ws}, {self.w_dim}], got {list(ws.shape)}")
         n = ws.shape[0]
-        chunkable = not (update_emas or ops.using_plain_ops()) and ws.device.type == "cpu"
-        step = self._batch_chunk(n) if chunkable else n
-        if step >= n:
+        if update_emas or ops.using_plain_ops() or ws.device.type != "cpu":
             return self._run(ws, update_emas, force_fp32)
-        # Large images on CPU: run the whole stack one chunk of the batch at a time, so every
-        # intermediate stays small (allocation and cache, see ops/filtered_lrelu.py). Not when
-        # updating the magnitude EMAs: each layer uses its EMA updated from the whole batch.
-        return torch.cat([self._run(chunk, False, force_fp32) for chunk in ws.split(step)])
+        # On the CPU: large images run the whole stack one part of the batch at a time, so every
+        # intermediate stays small (allocation and cache, see ops/filtered_lrelu.py); without a
+        # gradient the parts share the threads (batch_parts.py). Not when updating the magnitude
+        # EMAs: each layer uses its EMA updated from the whole batch.
+        return run_in_parts(lambda a, b: self._run(ws[a:b], False, force_fp32), n, self._batch_chunk(n), ws.device)
 
     def _batch_chunk(self, n: int) -> int:
         """Samples per chunk so that no layer's conv output exceeds the chunk budget."""
