@@ -6,49 +6,57 @@ PyTorch's intra-op threads to pay: on the 2-core Intel Xeon here two threads ran
 generator at 1.4-1.6x one thread, while sgemm scales 1.9-2x. Two Python threads, each drawing
 half the batch with one intra-op thread (torch releases the GIL inside its ops), ran it at
 1.3-1.4x the two-thread rate. The samples of a synthesis network are independent given their
-ws (and their noise, drawn up front), so the parts give the same images; each part's arithmetic
-is batched differently, so results may differ from one whole batch in the last bits (about
-1e-7), as any change of batch size does.
+ws (and their noise, drawn up front), so parts give the same images as one batch up to the last
+bits (about 1e-7: each part is batched differently, as with any change of batch size).
 
-Threads are used only where nothing else depends on them: on the CPU, with no gradient recorded
-(autograd and EMA updates run the whole batch), no dispatch mode active (a FLOP counter sees
-only its own thread), no tracing or compiling, no CPU autocast, and more than one torch thread.
-``torch.set_num_threads`` is process-wide, so it is 1 while the parts run and restored after.
+Without gradients on the CPU the parts are always of ``PART_SAMPLES`` samples (fewer for big
+images), whether they then run on threads or one after another, so an image depends on its
+batch's size, never on how many threads the machine has: a job resumed on another node draws
+the same pixels. (With gradients, training, the batch runs whole: its arithmetic differs from
+the parts' in the last bits.) Threads are used only where nothing else depends on them: no
+dispatch mode active (a FLOP counter sees only its own thread), no tracing or compiling, no CPU
+autocast, and more than one torch thread. ``torch.set_num_threads`` is process-wide, so it is 1
+while the parts run and restored after.
 """
 
 from __future__ import annotations
 
 import contextvars
-import math
 import threading
 from collections.abc import Callable
 
 import torch
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
+PART_SAMPLES = 4
+"""Samples per part without gradients on the CPU. One thread drew the fixture generator at least
+as fast in parts of 4 as in whole batches of 8 and 32 (cache), so parts cost nothing serially."""
 
-def threads_for(n: int, device: torch.device) -> int:
-    """How many Python threads may share a batch of ``n`` samples here (1: run it serially)."""
-    if device.type != "cpu" or n < 2 or torch.is_grad_enabled():
+
+def threads_for(parts: int, device: torch.device) -> int:
+    """How many Python threads may share ``parts`` parts of a batch here (1: one after another)."""
+    if device.type != "cpu" or parts < 2 or torch.is_grad_enabled():
         return 1
     if _get_current_dispatch_mode() is not None or torch.jit.is_tracing() or torch.compiler.is_compiling():
         return 1
     if torch.is_autocast_enabled("cpu"):
         return 1
-    return max(1, min(torch.get_num_threads(), n))
+    return max(1, min(torch.get_num_threads(), parts))
 
 
 def run_in_parts(run: Callable[[int, int], torch.Tensor], n: int, step: int, device: torch.device) -> torch.Tensor:
-    """``run(start, stop)`` over the batch [0, n) in parts of at most ``step`` samples, joined
-    along the batch in order; on threads where ``threads_for`` allows it."""
-    threads = threads_for(n, device)
+    """``run(start, stop)`` over the batch [0, n) in parts of at most ``step`` samples (and of
+    ``PART_SAMPLES`` without gradients on the CPU), joined along the batch in order; the parts on
+    threads where ``threads_for`` allows it."""
+    if device.type == "cpu" and not torch.is_grad_enabled():
+        step = min(step, PART_SAMPLES)
+    if step >= n:
+        return run(0, n)
+    bounds = [(start, min(start + step, n)) for start in range(0, n, step)]
+    threads = threads_for(len(bounds), device)
     if threads == 1:
-        if step >= n:
-            return run(0, n)
-        return torch.cat([run(start, min(start + step, n)) for start in range(0, n, step)])
-    count = max(math.ceil(n / step), threads)  # parts of near-equal size, at most `step` each
-    bounds = [(n * k // count, n * (k + 1) // count) for k in range(count)]
-    results: list[torch.Tensor | None] = [None] * count
+        return torch.cat([run(a, b) for a, b in bounds])
+    results: list[torch.Tensor | None] = [None] * len(bounds)
     errors: list[BaseException] = []
     inference = torch.is_inference_mode_enabled()
 
@@ -64,11 +72,12 @@ def run_in_parts(run: Callable[[int, int], torch.Tensor], n: int, step: int, dev
     torch.set_num_threads(1)
     try:
         # each thread its own copy of the caller's context (ops settings live in contextvars)
-        workers = [threading.Thread(target=contextvars.copy_context().run, args=(work, range(t, count, threads)),
-                                    name=f"batch-part-{t}", daemon=True) for t in range(1, threads)]
+        workers = [threading.Thread(target=contextvars.copy_context().run,
+                                    args=(work, range(t, len(bounds), threads)), name=f"batch-part-{t}", daemon=True)
+                   for t in range(1, threads)]
         for w in workers:
             w.start()
-        work(range(0, count, threads))
+        work(range(0, len(bounds), threads))
         for w in workers:
             w.join()
     finally:

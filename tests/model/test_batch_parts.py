@@ -42,7 +42,7 @@ def test_parts_run_on_threads_in_order_with_the_callers_settings(two_threads) ->
     finally:
         SETTING.reset(token)
     assert torch.equal(out, torch.arange(7, dtype=torch.float32))  # joined in batch order
-    assert sorted((a, b) for _, a, b, *_ in seen) == [(0, 3), (3, 7)]
+    assert sorted((a, b) for _, a, b, *_ in seen) == [(0, 4), (4, 7)]  # parts of PART_SAMPLES
     assert len({name for name, *_ in seen}) == 2  # the caller and one worker thread
     assert all(not grad and setting == "caller's" and threads == 1 for _, _, _, grad, setting, threads in seen)
     assert torch.get_num_threads() == 2  # restored
@@ -52,7 +52,7 @@ def test_parts_no_larger_than_step_and_errors_reach_the_caller(two_threads) -> N
     seen: list = []
     with torch.no_grad():
         run_in_parts(_record(seen), 10, 3, torch.device("cpu"))
-    assert sorted((a, b) for _, a, b, *_ in seen) == [(0, 2), (2, 5), (5, 7), (7, 10)]
+    assert sorted((a, b) for _, a, b, *_ in seen) == [(0, 3), (3, 6), (6, 9), (9, 10)]
 
     def fails(a: int, b: int) -> torch.Tensor:
         if a > 0:
@@ -60,7 +60,7 @@ def test_parts_no_larger_than_step_and_errors_reach_the_caller(two_threads) -> N
         return torch.zeros(b - a)
 
     with torch.no_grad(), pytest.raises(RuntimeError, match="part failed"):
-        run_in_parts(fails, 4, 4, torch.device("cpu"))
+        run_in_parts(fails, 8, 8, torch.device("cpu"))
     assert torch.get_num_threads() == 2
 
 
@@ -74,6 +74,9 @@ def test_serial_where_threads_would_change_what_the_caller_sees(two_threads) -> 
             assert threads_for(8, cpu) == 1
         torch.set_num_threads(1)
         assert threads_for(8, cpu) == 1
+    seen: list = []
+    run_in_parts(_record(seen), 10, 100, cpu)  # with gradients: the whole batch, as before
+    assert [(a, b) for _, a, b, *_ in seen] == [(0, 10)]
 
 
 @pytest.mark.parametrize("make", [
@@ -96,9 +99,17 @@ def test_threaded_synthesis_equals_one_batch(make, two_threads, monkeypatch) -> 
     monkeypatch.setattr(g.synthesis, "_run", recorded)
     with torch.no_grad():
         threaded = g(z, None, noise_mode="const")
-        assert sorted(n for _, n in runs) == [2, 3] and len({name for name, _ in runs}) == 2
+        assert sorted(n for _, n in runs) == [1, 4] and len({name for name, _ in runs}) == 2
         runs.clear()
-        with FlopCounterMode(display=False):  # serial: the whole batch at once
-            whole = g(z, None, noise_mode="const")
-        assert [n for _, n in runs] == [5]
+        with FlopCounterMode(display=False):  # the same parts one after another, in this thread
+            serial = g(z, None, noise_mode="const")
+        assert [n for _, n in runs] == [4, 1]
+        torch.set_num_threads(1)
+        one_thread = g(z, None, noise_mode="const")
+    assert torch.equal(threaded, one_thread)  # the same pixels whatever the thread count
+    # (a dispatch mode also turns off the banded FIR products: the same sums, rounded apart)
+    assert torch.allclose(threaded, serial, atol=1e-6, rtol=0)
+    runs.clear()
+    whole = g(z, None, noise_mode="const")  # with gradients: one batch, equal up to its rounding
+    assert [n for _, n in runs] == [5]
     assert torch.allclose(threaded, whole, atol=1e-5, rtol=0), (threaded - whole).abs().max()
