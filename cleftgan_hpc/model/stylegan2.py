@@ -28,7 +28,6 @@ import torch
 from torch import nn
 
 from . import ops
-from .batch_parts import run_in_parts
 from .filters import setup_resample_filter
 from .mapping import MappingNetwork
 from .stylegan2_layers import NOISE_MODES, SynthesisLayer, ToRGBLayer, UpsampleSkip, upfir_padding
@@ -187,16 +186,18 @@ class StyleGAN2Synthesis(nn.Module):
         if noise_mode == "random":  # drawn up front, for the whole batch, in the reference's order
             noises = [self._noise([n, 1, layer.resolution, layer.resolution], ws.device, noise_generator)
                       if layer.use_noise else None for layer in layers]
-        if ws.device.type != "cpu" or ops.using_plain_ops():
+        step = n
+        if ws.device.type == "cpu" and not ops.using_plain_ops():
+            step = self._batch_chunk(n)
+        if step >= n:
             return self._run(ws, noise_mode, noises, force_fp32)
-
-        def part(a: int, b: int) -> torch.Tensor:
-            return self._run(ws[a:b], noise_mode, [x[a:b] if x is not None else None for x in noises], force_fp32)
-
-        # On the CPU: large images run the whole stack one part of the batch at a time, so that every
-        # intermediate stays small (cache, allocation); without a gradient the parts share the
-        # threads (batch_parts.py). The samples are independent, their noise drawn above.
-        return run_in_parts(part, n, self._batch_chunk(n), ws.device)
+        # Large images on CPU: the whole stack one chunk of the batch at a time, so that every
+        # intermediate stays small (cache, allocation); the samples are independent.
+        outs = []
+        for start in range(0, n, step):
+            part = [x[start : start + step] if x is not None else None for x in noises]
+            outs.append(self._run(ws[start : start + step], noise_mode, part, force_fp32))
+        return torch.cat(outs)
 
     @staticmethod
     def _noise(shape: list[int], device: torch.device, gen: torch.Generator | None) -> torch.Tensor:

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from cleftgan_hpc.model import Generator, StyleGAN2Generator
+from cleftgan_hpc.model import Generator
 from cleftgan_hpc.model.batch_parts import run_in_parts, threads_for
 
 SETTING: contextvars.ContextVar[str] = contextvars.ContextVar("test_setting", default="unset")
@@ -79,15 +79,12 @@ def test_serial_where_threads_would_change_what_the_caller_sees(two_threads) -> 
     assert [(a, b) for _, a, b, *_ in seen] == [(0, 10)]
 
 
-@pytest.mark.parametrize("make", [
-    lambda: Generator(z_dim=16, c_dim=0, w_dim=16, img_resolution=16, img_channels=3, channel_base=256,
-                      channel_max=16),
-    lambda: StyleGAN2Generator(z_dim=16, c_dim=0, w_dim=16, img_resolution=16, img_channels=3, channel_base=256,
-                               channel_max=16),
-])
-def test_threaded_synthesis_equals_one_batch(make, two_threads, monkeypatch) -> None:
+def test_threaded_synthesis_equals_one_batch(two_threads, monkeypatch) -> None:
+    """StyleGAN3's synthesis (StyleGAN2's runs its batch whole: its 64 px fixture was no faster in
+    parts, and 10% slower at batch 32, being mostly convolutions that gain from the larger batch)."""
     torch.manual_seed(0)
-    g = make().eval()
+    g = Generator(z_dim=16, c_dim=0, w_dim=16, img_resolution=16, img_channels=3, channel_base=256,
+                  channel_max=16).eval()
     z = torch.randn(5, 16)
     runs: list[tuple[str, int]] = []
     original = g.synthesis._run
