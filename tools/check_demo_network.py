@@ -92,7 +92,9 @@ def check_run(run: Path) -> int:
                  for r in _csv_rows(needed[3])}
     scores, drawn, peaks, boxes = [], [], [], []
     for row in _csv_rows(needed[0]):
-        file = sources[row["key"]]
+        file = sources.get(row["key"])
+        if file is None:
+            raise CleftGanError(f"{needed[0]}: {row['key']} is not among the images {needed[1]} accepted")
         with Image.open(stages / "faces" / "images" / file) as im:
             _, lm = align_face(ImageOps.exif_transpose(im).convert("RGB"), landmarks[file], RESOLUTION)
         scores.append(float(row["score"]))
@@ -115,7 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     if a.run is not None:
         try:
             return check_run(a.run)
-        except (CleftGanError, KeyError, ValueError) as exc:
+        except KeyError as exc:
+            print(f"check_demo_network: {a.run}: a saved file lacks the field {exc}", file=sys.stderr)
+            return 2
+        except (CleftGanError, ValueError) as exc:
             print(f"check_demo_network: {exc}", file=sys.stderr)
             return 2
     try:

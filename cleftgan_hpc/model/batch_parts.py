@@ -27,7 +27,8 @@ import threading
 from collections.abc import Callable
 
 import torch
-from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+from .ops.upfirdn2d import unobserved_eager
 
 PART_SAMPLES = 4
 """Samples per part without gradients on the CPU. One thread drew the fixture generator at least
@@ -38,9 +39,7 @@ def threads_for(parts: int, device: torch.device) -> int:
     """How many Python threads may share ``parts`` parts of a batch here (1: one after another)."""
     if device.type != "cpu" or parts < 2 or torch.is_grad_enabled():
         return 1
-    if _get_current_dispatch_mode() is not None or torch.jit.is_tracing() or torch.compiler.is_compiling():
-        return 1
-    if torch.is_autocast_enabled("cpu"):
+    if not unobserved_eager() or torch.is_autocast_enabled("cpu"):
         return 1
     return max(1, min(torch.get_num_threads(), parts))
 

@@ -76,3 +76,9 @@ def test_check_reads_a_demo_runs_own_scores(tmp_path: Path) -> None:
 
     empty = check(tmp_path / "nothing")
     assert empty.returncode == 2 and "not a finished demo run" in empty.stderr
+
+    report = tmp_path / "miss" / "stages" / "dataset" / "report.json"
+    report.write_text(json.dumps({"accepted": json.loads(report.read_text())["accepted"][1:]}))
+    unknown = check(tmp_path / "miss")  # a scored image the dataset's report does not name
+    assert unknown.returncode == 2 and "is not among the images" in unknown.stderr, unknown.stderr
+    assert "Traceback" not in unknown.stderr

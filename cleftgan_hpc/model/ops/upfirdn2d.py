@@ -126,13 +126,19 @@ def banded_fir(enabled: bool) -> Iterator[None]:
         _banded.reset(token)
 
 
+def unobserved_eager() -> bool:
+    """Plain eager execution that nothing records: no dispatch mode (a FLOP counter sees only the
+    ops it is shown), no tracing, no compiling. Only then may the ops take paths of their own."""
+    return _get_current_dispatch_mode() is None and not torch.jit.is_tracing() and not torch.compiler.is_compiling()
+
+
 def _banded_usable(x: torch.Tensor, f: torch.Tensor, dim: int) -> bool:
     return (
         dim == 2 and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4 and x.shape[1] > 1
         and x.shape[3] > 1 and _banded.get()
         and x.is_contiguous(memory_format=torch.channels_last)
         and not (torch.is_grad_enabled() and (x.requires_grad or f.requires_grad))
-        and _get_current_dispatch_mode() is None and not torch.jit.is_tracing() and not torch.compiler.is_compiling()
+        and unobserved_eager()
     )
 
 
